@@ -1,0 +1,44 @@
+"""pytest plugin: session fixtures that hand tests a real Kafka bootstrap address and Postgres DSN.
+
+Both come from the same stack code as ``loyalty stack up``: the external services named by
+``LOYALTY_KAFKA_BOOTSTRAP`` / ``LOYALTY_PG_DSN`` when set, otherwise an embedded stack started for the
+session in a temporary directory and stopped at its end (its children also die with the test process).
+A stack that cannot start is a test error with the reason, never a skip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .stack import Endpoints, LocalStack
+
+
+@pytest.fixture(scope="session")
+def stack_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    root: Path = tmp_path_factory.mktemp("stack")
+    stack = LocalStack(root, tied_to_parent=True, fast_postgres=True)
+    endpoints = stack.up()
+    try:
+        yield endpoints
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack_endpoints: Endpoints) -> str:
+    return stack_endpoints.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(stack_endpoints: Endpoints) -> str:
+    return stack_endpoints.pg_dsn
+
+
+@pytest.fixture
+def unique_suffix() -> str:
+    """A short random suffix for topic, group, database and schema names, so parallel runs never collide."""
+    return uuid.uuid4().hex[:10]
