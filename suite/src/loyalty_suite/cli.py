@@ -84,6 +84,21 @@ def stack_env(stack_dir: Path | None = typer.Option(None)) -> None:
     typer.echo(f"LOYALTY_KAFKA_BOOTSTRAP={state['kafka_bootstrap']}\nLOYALTY_PG_DSN={state['pg_dsn']}")
 
 
+@app.command("run")
+def run(
+    stack_dir: Path | None = typer.Option(None, help="Where state, data and logs live (default ./.stack)."),
+) -> None:
+    """The main job: bring the stack up and keep it running until Ctrl-C (services join as they land)."""
+    stack = LocalStack(stack_dir, tied_to_parent=True)
+    try:
+        endpoints = stack.up()
+    except StackError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"stack ready ({endpoints.backend}): kafka {endpoints.kafka_bootstrap}; Ctrl-C stops everything")
+    wait_forever_then(stack.down)
+
+
 def main() -> None:
     try:
         app()

@@ -8,6 +8,8 @@ A stack that cannot start is a test error with the reason, never a skip.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +20,16 @@ from .stack import Endpoints, LocalStack
 
 
 @pytest.fixture(scope="session")
-def stack_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
-    root: Path = tmp_path_factory.mktemp("stack")
+def stack_endpoints() -> Iterator[Endpoints]:
+    # Not pytest's tmp_path: that is private to the user, and Postgres may run as another (unprivileged) user.
+    root = Path(tempfile.mkdtemp(prefix="loyalty-test-stack-"))
+    root.chmod(0o755)
     stack = LocalStack(root, tied_to_parent=True, fast_postgres=True)
-    endpoints = stack.up()
     try:
-        yield endpoints
+        yield stack.up()
     finally:
         stack.down()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,8 @@ def ensure_pg_binaries() -> Path:
         raise StackError("Postgres server binaries (initdb, postgres) were not found on PATH or under "
                          "/usr/lib/postgresql/*/bin; install them (Debian/Ubuntu: apt-get install -y postgresql)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]):
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
+    for cmd in (["apt-get", "update", "-q"], install):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             raise StackError(f"installing Debian's postgresql package failed ({' '.join(cmd)}):\n"
@@ -61,8 +62,18 @@ def _os_user() -> str | None:
         proc = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_OS_USER],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0 and "already exists" not in proc.stderr:
-            raise StackError(f"creating the system user {PG_OS_USER} for Postgres failed: {proc.stderr.strip()}") from None
+            raise StackError(f"creating the system user {PG_OS_USER} for Postgres failed: "
+                             f"{proc.stderr.strip()}") from None
     return PG_OS_USER
+
+
+def _check_traversable(path: Path, user: str) -> None:
+    # The cluster's OS user must be able to reach its data dir through every parent directory.
+    for parent in [path, *path.parents]:
+        st = parent.stat()
+        if not st.st_mode & 0o001:
+            raise StackError(f"Postgres runs as the unprivileged user {user}, which cannot enter {parent} "
+                             f"(mode {oct(st.st_mode & 0o777)}); choose a stack dir outside it or chmod o+x it")
 
 
 def _chown_tree(path: Path, user: str) -> None:
@@ -108,6 +119,7 @@ def start_postgres(data_dir: Path, *, port: int | None = None, tied_to_parent: b
     pwfile = data_dir / "pwfile"
     pwfile.write_text(password + "\n")
     if user:
+        _check_traversable(data_dir, user)
         _chown_tree(data_dir, user)
     init = subprocess.run([str(bindir / "initdb"), "-D", str(cluster), "-U", "postgres", "-E", "UTF8",
                            "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256",

@@ -43,7 +43,7 @@ def spawn(
     ``tied_to_parent`` makes the child die with this process (tests, foreground runs);
     a detached ``stack up`` leaves it running for ``stack down``.
     """
-    log = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+    log = open(log_file, "ab")
     try:
         return subprocess.Popen(
             argv,
