@@ -63,17 +63,13 @@ def test_headers_are_cloudevents_binary_mode() -> None:
     assert headers["ce_tenantid"] == b"acme"
     assert headers["content-type"] == b"application/json"
     assert headers["traceparent"] == TRACEPARENT.encode()
-    assert (
-        datetime.fromisoformat(headers["ce_time"].decode()) == SAMPLES["loyalty.PurchaseMade.v1"].occurred_at
-    )
+    assert datetime.fromisoformat(headers["ce_time"].decode()) == SAMPLES["loyalty.PurchaseMade.v1"].occurred_at
     assert len(record.headers) == len(headers), "no duplicate header names"
 
 
 def test_cloudevents_sdk_reads_what_encode_writes() -> None:
     record = _record()
-    event = from_binary(
-        KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value), JSONFormat()
-    )
+    event = from_binary(KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value), JSONFormat())
     assert event.get_type() == "loyalty.PurchaseMade.v1"
     assert event.get_subject() == "cust-0001"
     assert event.get_extension("tenantid") == "acme"

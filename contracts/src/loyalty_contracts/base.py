@@ -52,9 +52,7 @@ class Event(Contract):
     customer_id: Identifier = Field(
         description="The customer this event is about; also the Kafka key and the CloudEvents subject."
     )
-    occurred_at: AwareDatetime = Field(
-        description="When the fact happened (event time), RFC 3339 with a UTC offset."
-    )
+    occurred_at: AwareDatetime = Field(description="When the fact happened (event time), RFC 3339 with a UTC offset.")
 
     @classmethod
     def ce_type(cls) -> str:

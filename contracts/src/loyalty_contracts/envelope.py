@@ -155,9 +155,7 @@ def _header_map(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | Non
     except UnicodeDecodeError as exc:
         raise DecodeError(DecodeReason.INVALID_HEADER, f"header is not UTF-8: {exc.reason}") from None
     except (TypeError, ValueError) as exc:
-        raise DecodeError(
-            DecodeReason.INVALID_HEADER, f"headers are not (name, bytes) pairs: {exc}"
-        ) from None
+        raise DecodeError(DecodeReason.INVALID_HEADER, f"headers are not (name, bytes) pairs: {exc}") from None
     return found
 
 
@@ -185,7 +183,9 @@ def decode(
     """
     if value is None:
         raise DecodeError(DecodeReason.MALFORMED_JSON, "record has no value")
-    if not isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, memoryview):
+        value = value.tobytes()
+    elif not isinstance(value, bytes | bytearray):
         raise DecodeError(DecodeReason.MALFORMED_JSON, f"value is {type(value).__name__}, not bytes")
     if len(value) > max_bytes:
         raise DecodeError(DecodeReason.OVERSIZED, f"value is {len(value)} bytes, limit {max_bytes}")
@@ -195,23 +195,17 @@ def decode(
         if not h.get(name):
             raise DecodeError(DecodeReason.MISSING_HEADER, f"missing header {name}")
     if h["ce_specversion"] != SPECVERSION:
-        raise DecodeError(
-            DecodeReason.INVALID_HEADER, f"ce_specversion {h['ce_specversion'][:20]!r} is not 1.0"
-        )
+        raise DecodeError(DecodeReason.INVALID_HEADER, f"ce_specversion {h['ce_specversion'][:20]!r} is not 1.0")
     content_type = h.get("content-type")
     if content_type is not None and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
-        raise DecodeError(
-            DecodeReason.INVALID_HEADER, f"content-type {content_type[:60]!r} is not {CONTENT_TYPE}"
-        )
+        raise DecodeError(DecodeReason.INVALID_HEADER, f"content-type {content_type[:60]!r} is not {CONTENT_TYPE}")
 
     ce_type = h["ce_type"]
     model = EVENT_TYPES.get(ce_type)
     if model is None:
         m = _CE_TYPE.match(ce_type)
         if m is not None and m.group(1) in EVENT_NAMES:
-            raise DecodeError(
-                DecodeReason.UNKNOWN_VERSION, f"unknown version of {m.group(1)}: {ce_type[:100]!r}"
-            )
+            raise DecodeError(DecodeReason.UNKNOWN_VERSION, f"unknown version of {m.group(1)}: {ce_type[:100]!r}")
         raise DecodeError(DecodeReason.UNKNOWN_TYPE, f"unknown event type {ce_type[:100]!r}")
 
     tenant = h["ce_tenantid"]
@@ -237,9 +231,7 @@ def decode(
     subject = h["ce_subject"]
     partition_key = h.get("ce_partitionkey") or customer_id
     if subject != customer_id or partition_key != customer_id:
-        raise DecodeError(
-            DecodeReason.KEY_MISMATCH, "ce_subject/ce_partitionkey differ from data.customer_id"
-        )
+        raise DecodeError(DecodeReason.KEY_MISMATCH, "ce_subject/ce_partitionkey differ from data.customer_id")
     if key is not None and key != customer_id.encode():
         raise DecodeError(DecodeReason.KEY_MISMATCH, "Kafka key differs from data.customer_id")
 

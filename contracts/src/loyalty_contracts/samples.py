@@ -36,17 +36,13 @@ _ALL: list[Event] = [
         name="Anna",
         locale="en",
         time_zone="Europe/Berlin",
-        contacts=retail.Contacts(
-            email="anna@example.com", phone="+491701234567", telegram_chat_id="123456789"
-        ),
+        contacts=retail.Contacts(email="anna@example.com", phone="+491701234567", telegram_chat_id="123456789"),
         consents=retail.Consents(transactional=True, service=True, marketing=False, survey=True),
         referral_code="FRIEND-42",
         contact_hashes=retail.ContactHashes(email=HASH_A, phone=HASH_B),
         email_domain="example.com",
     ),
-    retail.ConsentChanged(
-        customer_id=CUSTOMER, occurred_at=T0, category="marketing", granted=True, channel="email"
-    ),
+    retail.ConsentChanged(customer_id=CUSTOMER, occurred_at=T0, category="marketing", granted=True, channel="email"),
     retail.PurchaseMade(
         customer_id=CUSTOMER,
         occurred_at=T0,
@@ -54,12 +50,8 @@ _ALL: list[Event] = [
         store_id="store-berlin-1",
         sales_channel="web",
         lines=[
-            retail.PurchaseLine(
-                line_id="1", sku="DRILL-18V", category="tools", quantity=1, unit_price=_eur(8999)
-            ),
-            retail.PurchaseLine(
-                line_id="2", sku="BITS-SET", category="accessories", quantity=2, unit_price=_eur(1250)
-            ),
+            retail.PurchaseLine(line_id="1", sku="DRILL-18V", category="tools", quantity=1, unit_price=_eur(8999)),
+            retail.PurchaseLine(line_id="2", sku="BITS-SET", category="accessories", quantity=2, unit_price=_eur(1250)),
             retail.PurchaseLine(
                 line_id="3",
                 sku="DELIVERY",

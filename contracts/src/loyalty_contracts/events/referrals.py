@@ -68,9 +68,7 @@ class ReferralRewardRevoked(Event):
     referral_id: Identifier = Field(description="Referral the reward was for.")
     beneficiary_role: BeneficiaryRole = Field(description="Which side of the referral loses it.")
     kind: RewardKind = Field(description="Kind of the revoked reward.")
-    points: int | None = Field(
-        default=None, ge=0, description="Status points to reverse, when kind is 'points'."
-    )
+    points: int | None = Field(default=None, ge=0, description="Status points to reverse, when kind is 'points'.")
     coupon_value: Money | None = Field(default=None, description="Coupon value, when kind is 'coupon'.")
     perk_id: Identifier | None = Field(default=None, description="Perk id, when kind is 'perk'.")
     reason: Identifier = Field(description="Why, e.g. 'order_refunded', 'fraud_confirmed'.")

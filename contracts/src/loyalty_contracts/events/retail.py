@@ -132,9 +132,7 @@ class PurchaseRefunded(Event):
     order_id: Identifier = Field(description="Order the refund belongs to.")
     refund_id: Identifier = Field(description="Refund id, unique per tenant (one order can have several).")
     full: bool = Field(description="True when the whole order is refunded; then 'lines' may be empty.")
-    lines: list[RefundedLine] = Field(
-        default_factory=list, description="Refunded lines for a partial refund."
-    )
+    lines: list[RefundedLine] = Field(default_factory=list, description="Refunded lines for a partial refund.")
     amount: Money = Field(description="Amount returned to the customer.")
 
 
@@ -157,9 +155,7 @@ class ReviewLeft(Event):
     sku: Identifier = Field(description="Reviewed product SKU.")
     category: Identifier = Field(description="Category of the reviewed product.")
     rating: int = Field(ge=1, le=5, description="Star rating, 1 to 5.")
-    text_length: int = Field(
-        ge=0, description="Length of the review text in characters (the text stays out)."
-    )
+    text_length: int = Field(ge=0, description="Length of the review text in characters (the text stays out).")
     has_photo: bool = Field(description="True when the review has at least one photo.")
 
 
@@ -171,13 +167,9 @@ class FriendInvited(Event):
 
     invitation_id: Identifier = Field(description="Invitation id, unique per tenant.")
     invitee_contact_hash: KeyedHash = Field(
-        description=(
-            "Keyed hash of the invitee's e-mail or phone, same key as CustomerRegistered.contact_hashes."
-        )
+        description=("Keyed hash of the invitee's e-mail or phone, same key as CustomerRegistered.contact_hashes.")
     )
-    channel: Literal["email", "sms", "telegram", "link", "other"] = Field(
-        description="How the invitation was sent."
-    )
+    channel: Literal["email", "sms", "telegram", "link", "other"] = Field(description="How the invitation was sent.")
     invitee_email_domain: str | None = Field(
         default=None, max_length=253, description="Domain of the invitee's e-mail (fraud: blocked domains)."
     )

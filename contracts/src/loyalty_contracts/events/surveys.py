@@ -28,9 +28,7 @@ class SurveyRequested(Event):
     answer_url: str = Field(min_length=1, max_length=2000, description="Link the customer opens to answer.")
     expires_at: AwareDatetime = Field(description="When the token stops being accepted.")
     trigger: SurveyTrigger = Field(description="What caused the request.")
-    question: str | None = Field(
-        default=None, max_length=500, description="Question text for kind 'question'."
-    )
+    question: str | None = Field(default=None, max_length=500, description="Question text for kind 'question'.")
 
 
 class FeedbackReceived(Event):

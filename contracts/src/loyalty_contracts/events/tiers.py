@@ -13,9 +13,7 @@ class Perk(Contract):
     """A privilege a tier unlocks."""
 
     perk_id: Identifier = Field(description="Perk id as named in the program file.")
-    kind: Identifier = Field(
-        description="Kind, e.g. 'early_access', 'free_express_delivery', 'personal_manager'."
-    )
+    kind: Identifier = Field(description="Kind, e.g. 'early_access', 'free_express_delivery', 'personal_manager'.")
     name: str = Field(min_length=1, max_length=200, description="Display name in the customer's locale.")
 
 
@@ -28,9 +26,7 @@ class TierChanged(Event):
     from_tier: Identifier | None = Field(description="Previous tier id; null for a customer's first tier.")
     to_tier: Identifier = Field(description="New tier id.")
     direction: Literal["up", "down"] = Field(description="Whether this is a promotion or a downgrade.")
-    reason: Identifier = Field(
-        description="Why, e.g. 'threshold_reached', 'points_expired', 'program_changed'."
-    )
+    reason: Identifier = Field(description="Why, e.g. 'threshold_reached', 'points_expired', 'program_changed'.")
     effective_at: AwareDatetime = Field(description="When the new tier applies (event time).")
     perks: list[Perk] = Field(default_factory=list, description="Perks of the new tier.")
     points: int = Field(default=0, ge=0, description="Status points in the window after the change.")
@@ -44,9 +40,7 @@ class TierProgressMilestone(Event):
 
     tier: Identifier = Field(description="Current tier id.")
     next_tier: Identifier = Field(description="Tier being approached.")
-    fraction: float = Field(
-        ge=0, le=1, description="Progress towards next_tier, 0 to 1 (a ratio, not money)."
-    )
+    fraction: float = Field(ge=0, le=1, description="Progress towards next_tier, 0 to 1 (a ratio, not money).")
     points: int = Field(ge=0, description="Status points in the window.")
     points_needed: int = Field(ge=0, description="Points still needed to reach next_tier.")
 
