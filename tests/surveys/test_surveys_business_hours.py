@@ -42,9 +42,7 @@ def local(*args: int, zone: ZoneInfo = BERLIN) -> datetime:
 
 def test_within_one_day() -> None:
     # Tuesday 10:00 + 3h = Tuesday 13:00
-    assert add_business_time(local(2026, 11, 24, 10), timedelta(hours=3), shop_calendar()) == local(
-        2026, 11, 24, 13
-    )
+    assert add_business_time(local(2026, 11, 24, 10), timedelta(hours=3), shop_calendar()) == local(2026, 11, 24, 13)
 
 
 def test_over_the_weekend() -> None:
@@ -55,9 +53,7 @@ def test_over_the_weekend() -> None:
 
 def test_start_outside_hours_waits_for_opening() -> None:
     # Sunday 20:00 + 1h → Monday 10:00
-    assert add_business_time(local(2026, 11, 29, 20), timedelta(hours=1), shop_calendar()) == local(
-        2026, 11, 30, 10
-    )
+    assert add_business_time(local(2026, 11, 29, 20), timedelta(hours=1), shop_calendar()) == local(2026, 11, 30, 10)
 
 
 def test_holidays_are_skipped() -> None:
@@ -83,16 +79,12 @@ def test_daylight_saving_day_counts_real_hours() -> None:
     calendar = BusinessCalendar(zone=BERLIN, weekly=(always,) * 7, holidays=frozenset())
     assert add_business_time(local(2027, 3, 27, 12), timedelta(hours=24), calendar) == local(2027, 3, 28, 13)
     # and back in October (25-hour day): 24 real hours end at 11:00 local
-    assert add_business_time(local(2027, 10, 30, 12), timedelta(hours=24), calendar) == local(
-        2027, 10, 31, 11
-    )
+    assert add_business_time(local(2027, 10, 30, 12), timedelta(hours=24), calendar) == local(2027, 10, 31, 11)
 
 
 def test_between_counts_only_open_time() -> None:
     calendar = shop_calendar()
-    assert business_time_between(local(2026, 11, 27, 16), local(2026, 11, 30, 12), calendar) == timedelta(
-        hours=8
-    )
+    assert business_time_between(local(2026, 11, 27, 16), local(2026, 11, 30, 12), calendar) == timedelta(hours=8)
     assert business_time_between(local(2026, 11, 30, 12), local(2026, 11, 27, 16), calendar) == timedelta(0)
 
 
@@ -190,9 +182,7 @@ def test_adding_is_monotone_and_additive(
 
 @PROPERTY_SETTINGS
 @given(calendars(), starts, starts, starts)
-def test_between_is_additive_over_a_split(
-    calendar: BusinessCalendar, a: datetime, b: datetime, c: datetime
-) -> None:
+def test_between_is_additive_over_a_split(calendar: BusinessCalendar, a: datetime, b: datetime, c: datetime) -> None:
     a, b, c = sorted((a, b, c))
     total = business_time_between(a, c, calendar)
     assert total == business_time_between(a, b, calendar) + business_time_between(b, c, calendar)

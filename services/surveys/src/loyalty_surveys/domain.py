@@ -46,8 +46,8 @@ def derived_id(*parts: str) -> str:
 
 
 def sentiment_of(kind: SurveyKind, score: int | None) -> Sentiment | None:
-    """NPS 9–10 promoter, 7–8 passive, 0–6 detractor; CSAT 4–5 promoter-like, 3 passive, 1–2 detractor."""
-    if kind == "question" or score is None:
+    """NPS 9–10 promoter, 7–8 passive, 0–6 detractor; CSAT and one-question (1–5): 4–5, 3, 1–2."""
+    if score is None:
         return None
     if kind == "nps":
         return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
@@ -195,14 +195,28 @@ def plan_surveys(fact: TriggerFact, program: SurveysProgram) -> list[PlannedSurv
     return planned
 
 
+TRIGGER_NAMES: Mapping[str, Literal["purchase", "delivery", "consultation"]] = {
+    "PurchaseMade": "purchase",
+    "DeliveryCompleted": "delivery",
+    "ConsultationCompleted": "consultation",
+}
+
+
+def follow_up_request_id(tenant: str, feedback_id: str) -> str:
+    return derived_id("follow-up", tenant, feedback_id)
+
+
+def follow_up_question_key(kind: SurveyKind) -> str:
+    """Template key of the follow-up question: what kept the answer from the top score."""
+    return f"follow_up_{kind}"
+
+
 class SendDecision(StrEnum):
     SEND = "send"
     SKIP_RECONTACT = "skip_recontact"
 
 
-def decide_send(
-    due_at: datetime, last_requested_at: datetime | None, recontact_period: timedelta
-) -> SendDecision:
+def decide_send(due_at: datetime, last_requested_at: datetime | None, recontact_period: timedelta) -> SendDecision:
     """No two surveys to one customer closer than the recontact period (in event time)."""
     if last_requested_at is not None and abs(due_at - last_requested_at) < recontact_period:
         return SendDecision.SKIP_RECONTACT
@@ -216,16 +230,18 @@ def decide_sends(
 ) -> tuple[list[PlannedSurvey], list[PlannedSurvey]]:
     """Decide a batch of due surveys in due order; one sent in this batch counts for the next ones.
 
+    Every survey sent is checked against the customer's last request and every one sent before it in
+    the batch (the last request may lie after a due time when a log is replayed late).
     Returns (to send, skipped by the recontact period).
     """
-    last = dict(last_requested_at)
+    contacted: dict[str, list[datetime]] = {c: [t] for c, t in last_requested_at.items()}
     send: list[PlannedSurvey] = []
     skipped: list[PlannedSurvey] = []
     for planned in sorted(due, key=lambda p: (p.due_at, p.request_id)):
-        decision = decide_send(planned.due_at, last.get(planned.customer_id), recontact_period)
-        if decision is SendDecision.SEND:
+        earlier = contacted.setdefault(planned.customer_id, [])
+        if all(decide_send(planned.due_at, t, recontact_period) is SendDecision.SEND for t in earlier):
             send.append(planned)
-            last[planned.customer_id] = planned.due_at
+            earlier.append(planned.due_at)
         else:
             skipped.append(planned)
     return send, skipped
@@ -319,9 +335,7 @@ def verify_token(token: str, secrets: Sequence[bytes], now: datetime) -> TokenCl
         given = _unb64(signature)
     except (binascii.Error, ValueError) as exc:
         raise TokenRejected(TokenRejection.MALFORMED, "the signature is not base64url") from exc
-    if not any(
-        s and hmac.compare_digest(given, hmac.new(s, body.encode(), hashlib.sha256).digest()) for s in secrets
-    ):
+    if not any(s and hmac.compare_digest(given, hmac.new(s, body.encode(), hashlib.sha256).digest()) for s in secrets):
         raise TokenRejected(TokenRejection.FORGED, "the signature does not match")
     try:
         claims = TokenClaims(
@@ -381,17 +395,14 @@ MAX_COMMENT_CHARS = 4000
 
 
 def validate_answer(kind: SurveyKind, score: int | None, comment: str | None) -> str | None:
-    """Check the score against the survey kind; return the cleaned comment (None when blank)."""
+    """Check the score against the survey kind; return the cleaned comment (None when blank).
+
+    NPS takes 0–10; CSAT and the one-question survey take 1–5 (the contract's scales).
+    """
     cleaned = comment.strip() if comment else None
     cleaned = cleaned or None
     if cleaned is not None and len(cleaned) > MAX_COMMENT_CHARS:
         raise InvalidAnswer(f"comment longer than {MAX_COMMENT_CHARS} characters")
-    if kind == "question":
-        if score is not None:
-            raise InvalidAnswer("an open question takes a comment, not a score")
-        if cleaned is None:
-            raise InvalidAnswer("an open question needs a non-empty comment")
-        return cleaned
     if score is None:
         raise InvalidAnswer(f"a {kind} survey needs a score")
     low, high = (NPS_MIN, NPS_MAX) if kind == "nps" else (CSAT_MIN, CSAT_MAX)
@@ -436,6 +447,7 @@ class Answer:
     score: int | None
     comment: str | None
     answered_at: datetime
+    is_follow_up: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,10 +470,18 @@ class FeedbackOutcome:
 
 
 def wants_follow_up(
-    kind: SurveyKind, score: int | None, comment: str | None, program: SurveysProgram
+    kind: SurveyKind,
+    score: int | None,
+    comment: str | None,
+    program: SurveysProgram,
+    *,
+    is_follow_up: bool = False,
 ) -> bool:
-    """High but not perfect, and silent: ask a little later what kept it from the top score."""
-    if comment or score is None:
+    """High but not perfect, and silent: ask a little later what kept it from the top score.
+
+    An answer to a follow-up never asks again (one follow-up per original answer, no loops).
+    """
+    if comment or score is None or is_follow_up:
         return False
     if kind == "nps":
         return score in program.follow_up.nps_scores
@@ -485,7 +505,7 @@ def evaluate_answer(answer: Answer, program: SurveysProgram, calendar: BusinessC
     feedback_id = derived_id("feedback", answer.tenant, answer.request_id)
     follow_up_due_at = (
         answer.answered_at + program.follow_up.delay
-        if wants_follow_up(answer.kind, answer.score, comment, program)
+        if wants_follow_up(answer.kind, answer.score, comment, program, is_follow_up=answer.is_follow_up)
         else None
     )
     case = None
@@ -499,11 +519,9 @@ def evaluate_answer(answer: Answer, program: SurveysProgram, calendar: BusinessC
     facts: list[AccountFact] = ["survey_answered"]
     if answer.kind == "nps" and sentiment is not None:
         facts.append(f"{sentiment}_score")  # type: ignore[arg-type]
-    elif answer.kind == "csat" and sentiment is not None:
+    elif sentiment is not None:
         facts.append(
-            {"promoter": "csat_satisfied", "passive": "csat_neutral", "detractor": "csat_dissatisfied"}[
-                sentiment
-            ]  # type: ignore[arg-type]
+            {"promoter": "csat_satisfied", "passive": "csat_neutral", "detractor": "csat_dissatisfied"}[sentiment]  # type: ignore[arg-type]
         )
     return FeedbackOutcome(feedback_id, sentiment, comment, themes, follow_up_due_at, case, tuple(facts))
 
@@ -582,9 +600,14 @@ def sla_compliance(resolved_within: int, resolved_late: int, open_breached: int)
 # --------------------------------------------------------------------------------------------
 
 
-def improvement_window(shipped_at: datetime, window: timedelta) -> tuple[datetime, datetime]:
-    """Feedback given in [shipped_at − window, shipped_at] raised the theme before the change shipped."""
-    return shipped_at - window, shipped_at
+def improvement_window(
+    shipped_at: datetime, window: timedelta, since: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """Feedback given in [max(shipped_at − window, since), shipped_at] raised the theme before the change."""
+    start = shipped_at - window
+    if since is not None and since > start:
+        start = since
+    return start, shipped_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,16 +623,21 @@ def improvement_recipients(
     shipped_at: datetime,
     window: timedelta,
     already_told: Iterable[str] = (),
+    since: datetime | None = None,
 ) -> list[str]:
     """Exactly the customers who raised the theme within the window and were not told yet, once each."""
-    start, end = improvement_window(shipped_at, window)
+    start, end = improvement_window(shipped_at, window, since)
     told = set(already_told)
     chosen = {f.customer_id for f in feedback if theme in f.themes and start <= f.given_at <= end}
     return sorted(chosen - told)
 
 
-def improvement_id(tenant: str, theme: str, event_id: str) -> str:
-    return derived_id("improvement", tenant, theme, event_id)
+def message_for_locale(messages: Mapping[str, str], locale: str | None, default_locale: str) -> str:
+    """The customer's language, else its base language, else the tenant's default, else any given."""
+    for candidate in (locale, (locale or "").split("-")[0], default_locale):
+        if candidate and candidate in messages:
+            return messages[candidate]
+    return messages[sorted(messages)[0]]
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,9 +168,7 @@ class AnswerToken(_Strict):
         description="Name of the environment variable holding the HMAC secret (never the secret itself).",
     )
     ttl: Duration = Field(default=timedelta(days=14), description="How long an answer link stays valid.")
-    answer_url: str = Field(
-        description="Link template the notifier sends; '{token}' is replaced by the signed token."
-    )
+    answer_url: str = Field(description="Link template the notifier sends; '{token}' is replaced by the signed token.")
 
     @field_validator("answer_url")
     @classmethod
@@ -196,17 +194,13 @@ class FollowUp(_Strict):
 
 class CaseQueue(_Strict):
     name: str = Field(min_length=1)
-    themes: list[str] = Field(
-        default_factory=list, description="Cases whose feedback has one of these themes."
-    )
+    themes: list[str] = Field(default_factory=list, description="Cases whose feedback has one of these themes.")
 
 
 class Cases(_Strict):
     response_deadline: Duration = Field(description="Response deadline counted in business hours, e.g. '8h'.")
     default_queue: str = Field(default="general", min_length=1)
-    queues: list[CaseQueue] = Field(
-        default_factory=list, description="First queue with a matching theme wins."
-    )
+    queues: list[CaseQueue] = Field(default_factory=list, description="First queue with a matching theme wins.")
 
     @field_validator("response_deadline")
     @classmethod
