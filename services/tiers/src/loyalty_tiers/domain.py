@@ -1,0 +1,819 @@
+"""Pure tier rules: facts in, ledger entries, tier state and effects out. No I/O, no wall clock.
+
+The model, in three pure steps:
+
+1. ``derive_ledger(program, facts)``: every consumed fact (a purchase, a refund, a review, ...) yields exactly
+   one ledger entry (points, the event time they count from, their expiry, the rule behind them). Facts are
+   processed in event-time order (ties by event id), so the ledger depends on the *set* of facts, never on
+   arrival order: a refund that arrives before its purchase, or a late review under a daily cap, gives the
+   same entries as the in-order stream.
+2. ``evaluate(program, customer_id, entries, carries, as_of)``: walks the timeline of balance changes in
+   event time (earnings, expiries, grace periods, overrides) and returns the tier state at ``as_of``.
+   Upgrades are immediate; downgrades follow the policy (none / one_step / to_supported) after a grace.
+3. ``diff(program, before, state)``: compares the state with what the service last announced (``Snapshot``)
+   and returns the effects to publish (TierChanged, TierProgressMilestone, TierDowngradeScheduled).
+
+Replaying the same facts under another program version is the same three calls with the other program,
+which is how versioned ladders are recalculated (``recalculate``).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from loyalty_tiers.program import Override, QualificationWindow, TiersProgram
+
+# ISO 4217 minor-unit exponents that are not 2 (points are per major unit of currency).
+_CURRENCY_EXPONENTS = {
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0, "RWF": 0,
+    "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
+}
+
+
+def currency_scale(currency: str) -> int:
+    return 10 ** _CURRENCY_EXPONENTS.get(currency, 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Facts: the domain's view of consumed events (only what the rules need).
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseLine:
+    line_id: str
+    category: str
+    quantity: int
+    unit_price_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    event_id: str
+    occurred_at: datetime
+    order_id: str
+    currency: str
+    lines: tuple[PurchaseLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    event_id: str
+    occurred_at: datetime
+    order_id: str
+    refund_id: str
+    full: bool
+    lines: tuple[tuple[str, int], ...] = ()  # (line_id, quantity)
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    event_id: str
+    occurred_at: datetime
+    review_id: str
+    sku: str
+    text_length: int
+    has_photo: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralGrant:
+    event_id: str
+    occurred_at: datetime
+    reward_id: str
+    role: str
+    points: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralRevoke:
+    event_id: str
+    occurred_at: datetime
+    reward_id: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyAnswer:
+    event_id: str
+    occurred_at: datetime
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Community:
+    event_id: str
+    occurred_at: datetime
+    activity_id: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """A recalculation kept the customer's tier at ``occurred_at``; normal downgrade rules apply after."""
+
+    event_id: str
+    occurred_at: datetime
+    tier: str
+    program_version: int
+
+
+Fact = Purchase | Refund | Review | ReferralGrant | ReferralRevoke | SurveyAnswer | Community | Carry
+
+_FACT_KINDS: dict[str, type[Any]] = {
+    "purchase": Purchase, "refund": Refund, "review": Review, "referral_grant": ReferralGrant,
+    "referral_revoke": ReferralRevoke, "survey": SurveyAnswer, "community": Community, "carry": Carry,
+}
+_KIND_OF = {cls: kind for kind, cls in _FACT_KINDS.items()}
+
+
+def fact_kind(fact: Fact) -> str:
+    return _KIND_OF[type(fact)]
+
+
+def fact_to_json(fact: Fact) -> dict[str, Any]:
+    """A compact JSON-able dict (stored so the ledger can be re-derived under a new program version)."""
+    out: dict[str, Any] = {"fact": fact_kind(fact)}
+    for name in fact.__slots__:  # type: ignore[union-attr]
+        value = getattr(fact, name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif name == "lines" and isinstance(fact, Purchase):
+            value = [[ln.line_id, ln.category, ln.quantity, ln.unit_price_minor] for ln in fact.lines]
+        elif name == "lines":
+            value = [list(pair) for pair in value]
+        out[name] = value
+    return out
+
+
+def fact_from_json(data: dict[str, Any]) -> Fact:
+    cls = _FACT_KINDS[data["fact"]]
+    values: dict[str, Any] = {}
+    for name in cls.__slots__:
+        value = data[name]
+        if name == "occurred_at":
+            value = datetime.fromisoformat(value)
+        elif name == "lines" and cls is Purchase:
+            value = tuple(PurchaseLine(str(a), str(b), int(c), int(d)) for a, b, c, d in value)
+        elif name == "lines":
+            value = tuple((str(a), int(b)) for a, b in value)
+        values[name] = value
+    return cls(**values)  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ledger
+# --------------------------------------------------------------------------------------------------
+
+EntryActivity = Literal[
+    "purchase", "refund", "review", "referral", "referral_revoked", "survey", "community", "recalculation"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger entry per source event. Points count while ``counts_from <= t < expires_at``."""
+
+    entry_id: str  # the source event id
+    activity: EntryActivity
+    points: int
+    counts_from: datetime
+    expires_at: datetime
+    rule: str  # why: the rule and numbers behind the points, for the explain API
+    ref: str  # order id, sku, reward id, ... (what the entry is about)
+
+
+def _floor(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_FLOOR))
+
+
+def _allocate(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` over lines in proportion to ``weights`` (largest remainder, deterministic)."""
+    weight_sum = sum(weights)
+    if weight_sum == 0 or total == 0:
+        return [0] * len(weights)
+    shares = [total * w // weight_sum for w in weights]
+    remainders = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % weight_sum), i))
+    for i in remainders[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+class _Expiry:
+    """When points earned at a given time leave the qualification window."""
+
+    def __init__(self, window: QualificationWindow, zone: ZoneInfo, member_since: datetime) -> None:
+        self.window = window
+        self.zone = zone
+        self.member_since = member_since.astimezone(zone)
+
+    def __call__(self, earned_at: datetime) -> datetime:
+        if self.window.kind == "rolling_days":
+            assert self.window.days is not None
+            return earned_at + timedelta(days=self.window.days)
+        local = earned_at.astimezone(self.zone)
+        if self.window.kind == "calendar_year":
+            return datetime(local.year + 1, 1, 1, tzinfo=self.zone)
+        # membership_anniversary: the first anniversary of the first activity strictly after earned_at.
+        year = local.year
+        while True:
+            anniversary = _anniversary(self.member_since, year)
+            if anniversary > local:
+                return anniversary
+            year += 1
+
+
+def _anniversary(start: datetime, year: int) -> datetime:
+    day = start.day
+    if start.month == 2 and day == 29 and not _is_leap(year):
+        day = 28
+    return start.replace(year=year, day=day)
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+class _CapBook:
+    """Points already credited per activity per local day and month, for the anti-gaming caps."""
+
+    def __init__(self, program: TiersProgram, zone: ZoneInfo) -> None:
+        self.caps = program.earning.caps
+        self.zone = zone
+        self.used_day: dict[tuple[str, date], int] = {}
+        self.used_month: dict[tuple[str, int, int], int] = {}
+
+    def take(self, activity: str, at: datetime, wanted: int) -> tuple[int, str]:
+        cap = self.caps.get(activity)  # type: ignore[call-overload]
+        if cap is None or wanted <= 0:
+            return wanted, ""
+        local = at.astimezone(self.zone).date()
+        day_key = (activity, local)
+        month_key = (activity, local.year, local.month)
+        room = wanted
+        if cap.per_day is not None:
+            room = min(room, cap.per_day - self.used_day.get(day_key, 0))
+        if cap.per_month is not None:
+            room = min(room, cap.per_month - self.used_month.get(month_key, 0))
+        granted = max(0, room)
+        self.used_day[day_key] = self.used_day.get(day_key, 0) + granted
+        self.used_month[month_key] = self.used_month.get(month_key, 0) + granted
+        if granted < wanted:
+            return granted, f"; capped from {wanted} (limits per day {cap.per_day}, per month {cap.per_month})"
+        return granted, ""
+
+
+@dataclass(slots=True)
+class _BookedOrder:
+    purchase: Purchase
+    entry: Entry
+    line_points: dict[str, int]  # credited points per line id
+    line_quantity: dict[str, int]
+    refunded_quantity: dict[str, int] = field(default_factory=dict)
+    reversed_points: dict[str, int] = field(default_factory=dict)
+
+
+def _sort_key(fact: Fact) -> tuple[datetime, str]:
+    return (fact.occurred_at, fact.event_id)
+
+
+def derive_ledger(program: TiersProgram, facts: Iterable[Fact], zone: ZoneInfo | None = None) -> list[Entry]:
+    """One entry per fact, in event-time order; deterministic in the set of facts."""
+    zone = zone or program.zone()
+    ordered = sorted(facts, key=_sort_key)
+    if not ordered:
+        return []
+    expiry = _Expiry(program.window, zone, ordered[0].occurred_at)
+    caps = _CapBook(program, zone)
+    rules = program.earning
+    entries: dict[str, Entry] = {}
+    orders: dict[str, _BookedOrder] = {}
+    grants: dict[str, Entry] = {}
+    revoked: set[str] = set()
+    reviewed_skus: dict[str, str] = {}
+    answered: dict[str, str] = {}
+    activities: dict[str, str] = {}
+    # Corrections (refunds, revocations) go second: they reverse what was booked, whatever arrived first.
+    corrections: list[Refund | ReferralRevoke] = []
+
+    def entry(fact: Fact, activity: EntryActivity, points: int, rule: str, ref: str) -> None:
+        entries[fact.event_id] = Entry(
+            fact.event_id, activity, points, fact.occurred_at, expiry(fact.occurred_at), rule, ref
+        )
+
+    for fact in ordered:
+        if isinstance(fact, Purchase):
+            if fact.order_id in orders:
+                first = orders[fact.order_id].purchase.event_id
+                entry(fact, "purchase", 0, f"order already booked by event {first}", fact.order_id)
+                continue
+            rule = rules.purchase
+            scale = currency_scale(fact.currency)
+            line_raw: list[int] = []
+            notes: list[str] = []
+            for line in fact.lines:
+                if line.category in rule.excluded_categories:
+                    line_raw.append(0)
+                    notes.append(f"{line.line_id}: {line.category} excluded")
+                    continue
+                multiplier = rule.category_multipliers.get(line.category, Decimal(1))
+                amount = Decimal(line.unit_price_minor * line.quantity)
+                points = max(0, _floor(amount * rule.points_per_currency_unit * multiplier / scale))
+                line_raw.append(points)
+                suffix = f" x{multiplier} ({line.category})" if multiplier != 1 else ""
+                notes.append(f"{line.line_id}: {points}{suffix}")
+            credited, cap_note = caps.take("purchase", fact.occurred_at, sum(line_raw))
+            per_line = _allocate(credited, line_raw)
+            entry(
+                fact, "purchase", credited,
+                f"{rule.points_per_currency_unit} pt per {fact.currency}: " + ", ".join(notes) + cap_note,
+                fact.order_id,
+            )
+            orders[fact.order_id] = _BookedOrder(
+                purchase=fact,
+                entry=entries[fact.event_id],
+                line_points={ln.line_id: p for ln, p in zip(fact.lines, per_line, strict=True)},
+                line_quantity={ln.line_id: ln.quantity for ln in fact.lines},
+            )
+        elif isinstance(fact, Review):
+            rule_r = rules.review
+            if fact.sku in reviewed_skus:
+                entry(fact, "review", 0, f"product already rewarded (review event {reviewed_skus[fact.sku]})",
+                      fact.sku)
+            elif fact.text_length < rule_r.min_text_length:
+                entry(fact, "review", 0,
+                      f"text {fact.text_length} chars < {rule_r.min_text_length} required", fact.sku)
+            elif rule_r.require_photo and not fact.has_photo:
+                entry(fact, "review", 0, "a photo is required", fact.sku)
+            else:
+                wanted = rule_r.points + (rule_r.photo_bonus if fact.has_photo else 0)
+                credited, cap_note = caps.take("review", fact.occurred_at, wanted)
+                photo = f" + {rule_r.photo_bonus} photo bonus" if fact.has_photo and rule_r.photo_bonus else ""
+                entry(fact, "review", credited, f"detailed review {rule_r.points}{photo}{cap_note}", fact.sku)
+                if credited > 0:
+                    reviewed_skus[fact.sku] = fact.event_id
+        elif isinstance(fact, ReferralGrant):
+            rule_f = rules.referral
+            if fact.reward_id in grants:
+                entry(fact, "referral", 0, f"reward {fact.reward_id} already booked", fact.reward_id)
+            elif fact.role not in rule_f.roles:
+                entry(fact, "referral", 0, f"{fact.role} rewards earn no status points", fact.reward_id)
+            else:
+                wanted = rule_f.points if rule_f.points is not None else fact.points
+                credited, cap_note = caps.take("referral", fact.occurred_at, wanted)
+                entry(fact, "referral", credited, f"friend who bought ({fact.role}) {wanted}{cap_note}",
+                      fact.reward_id)
+                grants[fact.reward_id] = entries[fact.event_id]
+        elif isinstance(fact, SurveyAnswer):
+            if fact.request_id in answered:
+                entry(fact, "survey", 0, "survey request already rewarded", fact.request_id)
+            else:
+                credited, cap_note = caps.take("survey", fact.occurred_at, rules.survey.points)
+                entry(fact, "survey", credited, f"answered survey {rules.survey.points}{cap_note}", fact.request_id)
+                answered[fact.request_id] = fact.event_id
+        elif isinstance(fact, Community):
+            if fact.activity_id in activities:
+                entry(fact, "community", 0, "activity already rewarded", fact.activity_id)
+            elif fact.kind not in rules.community.points_by_kind:
+                entry(fact, "community", 0, f"kind {fact.kind!r} earns no points in this program", fact.kind)
+            else:
+                wanted = rules.community.points_by_kind[fact.kind]
+                credited, cap_note = caps.take("community", fact.occurred_at, wanted)
+                entry(fact, "community", credited, f"community {fact.kind} {wanted}{cap_note}", fact.kind)
+                activities[fact.activity_id] = fact.event_id
+        elif isinstance(fact, Carry):
+            entry(fact, "recalculation", 0,
+                  f"tier {fact.tier} kept when program version {fact.program_version} was applied", fact.tier)
+        else:
+            corrections.append(fact)
+
+    for fact in corrections:
+        if isinstance(fact, Refund):
+            booked = orders.get(fact.order_id)
+            if booked is None:
+                entry(fact, "refund", 0, f"purchase {fact.order_id} not seen yet; reversed when it arrives",
+                      fact.order_id)
+                continue
+            wanted_lines = (
+                [(line_id, qty) for line_id, qty in booked.line_quantity.items()] if fact.full else fact.lines
+            )
+            reversed_total = 0
+            notes = []
+            for line_id, quantity in wanted_lines:
+                if line_id not in booked.line_quantity:
+                    notes.append(f"{line_id}: unknown line")
+                    continue
+                bought = booked.line_quantity[line_id]
+                refunded = min(bought, booked.refunded_quantity.get(line_id, 0) + quantity)
+                booked.refunded_quantity[line_id] = refunded
+                # Cumulative floor: partial refunds of a line add up to exactly the line's points.
+                target = booked.line_points[line_id] * refunded // bought
+                delta = target - booked.reversed_points.get(line_id, 0)
+                booked.reversed_points[line_id] = target
+                reversed_total += delta
+                notes.append(f"{line_id}: -{delta}")
+            # A refund dated before its purchase (clock skew) counts from the purchase time.
+            counts_from = max(fact.occurred_at, booked.entry.counts_from)
+            entries[fact.event_id] = Entry(
+                fact.event_id, "refund", -reversed_total, counts_from, booked.entry.expires_at,
+                ("full refund" if fact.full else "partial refund") + f" of {fact.order_id}: " + ", ".join(notes),
+                fact.order_id,
+            )
+        else:
+            granted = grants.get(fact.reward_id)
+            if granted is None:
+                entry(fact, "referral_revoked", 0, f"reward {fact.reward_id} not seen yet; reversed when it arrives",
+                      fact.reward_id)
+            elif fact.reward_id in revoked:
+                entry(fact, "referral_revoked", 0, f"reward {fact.reward_id} already revoked", fact.reward_id)
+            else:
+                revoked.add(fact.reward_id)
+                entries[fact.event_id] = Entry(
+                    fact.event_id, "referral_revoked", -granted.points, max(fact.occurred_at, granted.counts_from),
+                    granted.expires_at, f"referral reward {fact.reward_id} revoked", fact.reward_id,
+                )
+    return [entries[f.event_id] for f in ordered]
+
+
+def balance_at(entries: Iterable[Entry], at: datetime) -> int:
+    """Status points in the window at ``at``: the reference definition the walk must agree with."""
+    return sum(e.points for e in entries if e.counts_from <= at < e.expires_at)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tier state
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDowngrade:
+    to_tier: int
+    since: datetime  # when the balance first stopped supporting the tier
+    effective_at: datetime
+    notice_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TierState:
+    as_of: datetime
+    tier: int  # index in the ladder
+    since: datetime | None  # when the tier was entered (None: never left the bottom)
+    reason: str  # why the last change happened
+    points: int
+    pending: PendingDowngrade | None
+    next_check_at: datetime | None  # when time alone may change something (expiry, grace, override)
+
+
+def _supported(program: TiersProgram, points: int) -> int:
+    index = 0
+    for i, tier in enumerate(program.ladder):
+        if points >= tier.threshold:
+            index = i
+    return index
+
+
+def _override_at(overrides: Sequence[Override], at: datetime) -> Override | None:
+    found = None
+    for override in overrides:
+        if override.starts_at <= at < override.expires_at:
+            found = override
+    return found
+
+
+def evaluate(
+    program: TiersProgram,
+    customer_id: str,
+    entries: Sequence[Entry],
+    as_of: datetime,
+    carries: Sequence[Carry] = (),
+) -> TierState:
+    """Tier state at ``as_of`` from the customer's ledger, walking event time from the first entry."""
+    policy = program.downgrade
+    grace = timedelta(days=policy.grace_days)
+    notice = timedelta(days=policy.notice_days)
+    overrides = [o for o in program.overrides if o.customer_id == customer_id]
+
+    deltas: list[tuple[datetime, int]] = []
+    for e in entries:
+        if e.points and e.counts_from < e.expires_at:
+            deltas.append((e.counts_from, e.points))
+            deltas.append((e.expires_at, -e.points))
+    deltas.sort(key=lambda d: d[0])
+    carry_at: dict[datetime, int] = {}
+    for c in carries:
+        if c.tier in _tier_ids(program):
+            carry_at[c.occurred_at] = max(carry_at.get(c.occurred_at, 0), program.tier_index(c.tier))
+
+    moments: set[datetime] = {as_of}
+    moments.update(t for t, _ in deltas if t <= as_of)
+    moments.update(t for t in carry_at if t <= as_of)
+    for o in overrides:
+        moments.update(t for t in (o.starts_at, o.expires_at) if t <= as_of)
+    heap = list(moments)
+    heapq.heapify(heap)
+
+    balance = 0
+    cursor = 0
+    tier = 0
+    since: datetime | None = None
+    reason = "start"
+    pending: PendingDowngrade | None = None
+    last: datetime | None = None
+
+    def pending_from(t: datetime, current: int, target: int) -> PendingDowngrade:
+        to = max(current - 1, target) if policy.policy == "one_step" else target
+        effective = t + grace
+        return PendingDowngrade(to, t, effective, max(t, effective - notice))
+
+    while heap:
+        t = heapq.heappop(heap)
+        if t == last:
+            continue
+        last = t
+        while cursor < len(deltas) and deltas[cursor][0] <= t:
+            balance += deltas[cursor][1]
+            cursor += 1
+        if t in carry_at and carry_at[t] > tier:
+            tier, since, reason = carry_at[t], t, "kept_at_recalculation"
+        supported = _supported(program, balance)
+        override = _override_at(overrides, t)
+        if override is not None and override.mode == "fixed":
+            fixed = program.tier_index(override.tier)
+            if fixed != tier:
+                tier, since, reason = fixed, t, "override_fixed"
+            pending = None
+            continue
+        floor = program.tier_index(override.tier) if override is not None else 0
+        target = max(supported, floor)
+        if target > tier:
+            tier, since = target, t
+            reason = "override_floor" if floor > supported else "threshold_reached"
+            pending = None
+        elif target == tier or policy.policy == "none":
+            pending = None
+        else:
+            if pending is None:
+                pending = pending_from(t, tier, target)
+            else:
+                pending = replace(pending, to_tier=pending_from(t, tier, target).to_tier)
+            while pending is not None and pending.effective_at <= t:
+                tier, since, reason = pending.to_tier, t, "grace_expired"
+                pending = pending_from(t, tier, target) if target < tier else None
+            if pending is not None and pending.effective_at <= as_of:
+                heapq.heappush(heap, pending.effective_at)
+
+    # Next moment when time alone may change the state (drives the durable check timer).
+    candidates: list[datetime] = []
+    if pending is not None:
+        candidates += [t for t in (pending.notice_at, pending.effective_at) if t > as_of]
+    if policy.policy != "none" and tier > 0:
+        candidates += [t for t, d in deltas[cursor:] if d < 0]
+    for o in overrides:
+        candidates += [t for t in (o.starts_at, o.expires_at) if t > as_of]
+    candidates += [t for t in carry_at if t > as_of]
+    return TierState(
+        as_of=as_of, tier=tier, since=since, reason=reason, points=balance, pending=pending,
+        next_check_at=min(candidates) if candidates else None,
+    )
+
+
+def _tier_ids(program: TiersProgram) -> set[str]:
+    return {tier.id for tier in program.ladder}
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress, actions, expiry
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    next_tier: int | None
+    points_needed: int
+    fraction: Decimal  # 0..1 of the way from the current tier's threshold to the next one
+
+
+def progress(program: TiersProgram, state: TierState) -> Progress:
+    if state.tier + 1 >= len(program.ladder):
+        return Progress(None, 0, Decimal(1))
+    low = program.ladder[state.tier].threshold
+    high = program.ladder[state.tier + 1].threshold
+    fraction = Decimal(min(max(state.points - low, 0), high - low)) / Decimal(high - low)
+    return Progress(state.tier + 1, max(0, high - state.points), fraction)
+
+
+def milestones_reached(program: TiersProgram, state: TierState) -> frozenset[Decimal]:
+    current = progress(program, state)
+    if current.next_tier is None:
+        return frozenset()
+    return frozenset(m for m in program.milestones if current.fraction >= m)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    code: str  # review_with_photo, review, referral, survey, community:<kind>, spend
+    points: int  # points one such action earns
+    times_needed: int  # how many of them close the gap alone
+    spend_minor: int | None = None  # for "spend": amount in minor units that closes the gap
+
+
+def next_actions(program: TiersProgram, state: TierState, currency: str) -> list[Action]:
+    """Ways to close the gap to the next tier, ranked: fewest repetitions first, then most points."""
+    gap = progress(program, state).points_needed
+    if gap <= 0:
+        return []
+    rules = program.earning
+    options: list[tuple[str, int]] = []
+    if rules.review.points or rules.review.photo_bonus:
+        options.append(("review_with_photo", rules.review.points + rules.review.photo_bonus))
+        if not rules.review.require_photo and rules.review.photo_bonus:
+            options.append(("review", rules.review.points))
+    if rules.referral.points:
+        options.append(("referral", rules.referral.points))
+    if rules.survey.points:
+        options.append(("survey", rules.survey.points))
+    for kind, points in rules.community.points_by_kind.items():
+        if points:
+            options.append((f"community:{kind}", points))
+    actions = [Action(code, points, -(-gap // points)) for code, points in options if points > 0]
+    rate = rules.purchase.points_per_currency_unit
+    if rate > 0:
+        spend = Decimal(gap) * currency_scale(currency) / rate
+        actions.append(Action("spend", gap, 1, -_floor(-spend)))
+    actions.sort(key=lambda a: (a.times_needed, -a.points, a.code))
+    return actions
+
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    expires_at: datetime
+    points: int
+
+
+def expiring_soon(entries: Iterable[Entry], as_of: datetime, days: int) -> list[Expiring]:
+    """Points in the window now that leave it within ``days``, grouped by expiry time."""
+    horizon = as_of + timedelta(days=days)
+    by_time: dict[datetime, int] = {}
+    for e in entries:
+        if e.counts_from <= as_of < e.expires_at <= horizon:
+            by_time[e.expires_at] = by_time.get(e.expires_at, 0) + e.points
+    return [Expiring(t, p) for t, p in sorted(by_time.items()) if p > 0]
+
+
+# --------------------------------------------------------------------------------------------------
+# What was announced, and what to announce now
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the service last told the world about a customer (persisted next to the ledger)."""
+
+    tier: str
+    milestones: frozenset[Decimal] = frozenset()
+    notice_for: datetime | None = None  # effective_at of the downgrade already announced
+
+
+@dataclass(frozen=True, slots=True)
+class TierChange:
+    from_tier: str
+    to_tier: str
+    direction: Literal["up", "down"]
+    reason: str
+    effective_at: datetime
+    points: int
+
+
+@dataclass(frozen=True, slots=True)
+class Milestone:
+    tier: str
+    next_tier: str
+    fraction: Decimal
+    points: int
+    points_needed: int
+
+
+@dataclass(frozen=True, slots=True)
+class DowngradeNotice:
+    from_tier: str
+    to_tier: str
+    effective_at: datetime
+    points_needed: int
+
+
+Effect = TierChange | Milestone | DowngradeNotice
+
+
+def _rank(program: TiersProgram, tier_id: str) -> int:
+    try:
+        return program.tier_index(tier_id)
+    except KeyError:
+        return -1  # a tier that no longer exists in this version ranks below every tier
+
+
+def diff(
+    program: TiersProgram, before: Snapshot | None, state: TierState, reason: str | None = None
+) -> tuple[list[Effect], Snapshot]:
+    """Effects that bring the world from ``before`` to ``state``, and the snapshot to store."""
+    effects: list[Effect] = []
+    ladder = program.ladder
+    before_tier = before.tier if before is not None else ladder[0].id
+    now_tier = ladder[state.tier].id
+    same_tier = before_tier == now_tier
+    if not same_tier:
+        direction: Literal["up", "down"] = "up" if state.tier > _rank(program, before_tier) else "down"
+        effects.append(TierChange(
+            before_tier, now_tier, direction, reason or state.reason, state.since or state.as_of, state.points
+        ))
+    reached = milestones_reached(program, state)
+    already = before.milestones if before is not None and same_tier else frozenset()
+    current = progress(program, state)
+    for fraction in sorted(reached - already):
+        assert current.next_tier is not None
+        effects.append(Milestone(now_tier, ladder[current.next_tier].id, fraction, state.points,
+                                 current.points_needed))
+    notice_for: datetime | None = None
+    pending = state.pending
+    if pending is not None:
+        announced = before is not None and same_tier and before.notice_for == pending.effective_at
+        if announced:
+            notice_for = pending.effective_at
+        elif pending.notice_at <= state.as_of:
+            effects.append(DowngradeNotice(
+                now_tier, ladder[pending.to_tier].id, pending.effective_at,
+                max(0, ladder[state.tier].threshold - state.points),
+            ))
+            notice_for = pending.effective_at
+    return effects, Snapshot(now_tier, reached | already, notice_for)
+
+
+# --------------------------------------------------------------------------------------------------
+# One customer, end to end
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    entries: list[Entry]
+    state: TierState
+    effects: list[Effect]
+    snapshot: Snapshot
+    new_facts: list[Fact] = field(default_factory=list)  # facts the rules added (recalculation carries)
+
+
+def _split(facts: Iterable[Fact]) -> tuple[list[Fact], list[Carry]]:
+    facts = list(facts)
+    return facts, [f for f in facts if isinstance(f, Carry)]
+
+
+def process(
+    program: TiersProgram,
+    customer_id: str,
+    facts: Iterable[Fact],
+    before: Snapshot | None,
+    as_of: datetime,
+    zone: ZoneInfo | None = None,
+) -> Outcome:
+    """Derive the ledger, evaluate at ``as_of`` and diff against what was announced."""
+    all_facts, carries = _split(facts)
+    entries = derive_ledger(program, all_facts, zone)
+    state = evaluate(program, customer_id, entries, as_of, carries)
+    effects, snapshot = diff(program, before, state)
+    return Outcome(entries, state, effects, snapshot)
+
+
+def recalculate(
+    program: TiersProgram,
+    customer_id: str,
+    facts: Iterable[Fact],
+    before: Snapshot | None,
+    as_of: datetime,
+    zone: ZoneInfo | None = None,
+) -> Outcome:
+    """Replay a customer's facts under ``program`` (a new version) and report only what changes.
+
+    With ``downgrade.recalculation: with_grace`` a tier the new version no longer supports is kept at
+    ``as_of`` (a Carry fact) and the normal downgrade policy runs from there: grace, advance notice.
+    """
+    all_facts, carries = _split(facts)
+    entries = derive_ledger(program, all_facts, zone)
+    state = evaluate(program, customer_id, entries, as_of, carries)
+    new_facts: list[Fact] = []
+    if (
+        before is not None
+        and program.downgrade.recalculation == "with_grace"
+        and _rank(program, before.tier) > state.tier
+    ):
+        carry = Carry(f"recalc:{customer_id}:v{program.version}", as_of, before.tier, program.version)
+        new_facts.append(carry)
+        entries = derive_ledger(program, [*all_facts, carry], zone)
+        state = evaluate(program, customer_id, entries, as_of, [*carries, carry])
+    effects, snapshot = diff(program, before, state, reason="program_changed")
+    return Outcome(entries, state, effects, snapshot, new_facts)
