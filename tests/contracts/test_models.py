@@ -134,3 +134,10 @@ def test_consumers_follow_the_product_brief() -> None:
     for service in SERVICES:
         for name in topics_produced_by(service):
             assert service not in {c for t in TOPICS if t.name == name for c in t.consumers}
+
+
+def test_a_v2_gets_its_own_topic_side_by_side() -> None:
+    from loyalty_contracts.catalogue import topic_name
+
+    assert topic_name("PurchaseMade", 2) == "loyalty.purchase-made.v2"
+    assert topic_name("PurchaseMade", 1) == topic_for("loyalty.PurchaseMade.v1")

@@ -144,14 +144,19 @@ def _header_map(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | Non
     if headers is None:
         return found
     try:
-        pairs: Iterable[Any] = headers.items() if isinstance(headers, Mapping) else headers
+        # lists/tuples (aiokafka's shape) first: an isinstance check against the Mapping ABC is slow
+        pairs: Iterable[Any] = (
+            headers if type(headers) in (list, tuple) or not isinstance(headers, Mapping) else headers.items()
+        )
         for pair in pairs:
             name, raw = pair
             if name in _KNOWN_HEADERS and name not in found:
-                if isinstance(raw, str):
+                if type(raw) is bytes:
+                    found[name] = raw.decode()
+                elif isinstance(raw, str):
                     found[name] = raw
                 else:
-                    found[name] = bytes(raw).decode("utf-8")
+                    found[name] = bytes(raw).decode()
     except UnicodeDecodeError as exc:
         raise DecodeError(DecodeReason.INVALID_HEADER, f"header is not UTF-8: {exc.reason}") from None
     except (TypeError, ValueError) as exc:
