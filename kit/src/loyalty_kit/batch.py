@@ -1,0 +1,237 @@
+"""Batch consumption: decode → dead-letter the undecodable → inbox dedup → handlers in one transaction.
+
+Kafka offsets are committed by the caller only after ``BatchProcessor.process`` returns, i.e. after every
+record of the batch is either committed to Postgres or dead-lettered (at-least-once delivery,
+exactly-once effects via the inbox). A failing batch transaction is split in halves recursively until the
+failing event is alone; that event is dead-lettered with the error and the rest are applied, in order.
+Transient errors (connection lost, server restarting, serialization conflicts) never dead-letter: the same
+slice is retried with backoff until it goes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Container, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from loyalty_contracts.envelope import DecodeError, Envelope, decode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from loyalty_kit import inbox, outbox
+from loyalty_kit.db import is_transient_db_error
+from loyalty_kit.dlq import dead_letter_headers, publish_dead_letter
+from loyalty_kit.effects import ClockMode, EffectContext, advance_watermarks
+from loyalty_kit.metrics import KitMetrics
+from loyalty_kit.telemetry import context_from_traceparent, traceparent_of
+
+log = logging.getLogger(__name__)
+
+
+class BatchContext(EffectContext):
+    """What a batch handler gets: ``conn`` (open transaction), ``events`` (new to the inbox), ``emit``,
+    ``schedule``/``cancel`` (durable timers) and ``now_for(tenant)`` (the rule clock)."""
+
+    def __init__(self, conn: asyncpg.Connection, events: list[Envelope], traceparents: dict[str, str | None],
+                 **kwargs: Any) -> None:
+        super().__init__(conn, **kwargs)
+        self.events = events
+        self._traceparents = traceparents
+
+    def _traceparent_for(self, cause: Envelope | None) -> str | None:
+        if cause is not None and cause.id in self._traceparents:
+            return self._traceparents[cause.id]
+        return cause.traceparent if cause is not None else self.default_traceparent
+
+
+BatchHandler = Callable[[BatchContext], Awaitable[None]]
+
+
+@dataclass
+class _Item:
+    record: Any  # aiokafka ConsumerRecord (topic, partition, offset, key, value, headers)
+    env: Envelope
+    span: Span
+    traceparent: str | None = None
+
+
+@dataclass
+class BatchOutcome:
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+    transient_retries: int = 0
+    dead_letter_ids: list[str] = field(default_factory=list)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        *,
+        service: str,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        handlers: dict[str, BatchHandler],
+        tracer: Tracer,
+        metrics: KitMetrics,
+        dlq_topic: str,
+        clock: ClockMode = "wall",
+        known_tenants: Container[str] | None = None,
+        topic_prefix: str = "",
+        source: str | None = None,
+        on_committed: Callable[[], None] | None = None,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.service = service
+        self.pool = pool
+        self.producer = producer
+        self.handlers = handlers
+        self.tracer = tracer
+        self.metrics = metrics
+        self.dlq_topic = dlq_topic
+        self.clock = clock
+        self.known_tenants = known_tenants
+        self.topic_prefix = topic_prefix
+        self.source = source or f"/loyalty/{service}"
+        self.on_committed = on_committed
+        self.max_backoff_s = max_backoff_s
+
+    async def process(self, records: Sequence[Any]) -> BatchOutcome:
+        started = time.perf_counter()
+        outcome = BatchOutcome(records=len(records))
+        items: list[_Item] = []
+        for rec in records:
+            try:
+                env = decode(rec.key, rec.value, rec.headers, known_tenants=self.known_tenants)
+            except DecodeError as exc:
+                await self._dead_letter(rec, exc.reason.value, exc.detail, outcome)
+                continue
+            if env.type not in self.handlers:
+                outcome.ignored += 1  # another event type sharing the topic; not ours
+                continue
+            span = self.tracer.start_span(
+                f"{rec.topic} process",
+                context=context_from_traceparent(env.traceparent),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation": "process",
+                    "messaging.destination.name": rec.topic,
+                    "messaging.kafka.destination.partition": rec.partition,
+                    "messaging.kafka.message.offset": rec.offset,
+                    "messaging.message.id": env.id,
+                    "cloudevents.event_type": env.type,
+                    "loyalty.tenant": env.tenant,
+                    "loyalty.service": self.service,
+                },
+            )
+            items.append(_Item(rec, env, span, traceparent_of(span) or env.traceparent))
+        try:
+            if items:
+                await self._apply_or_split(items, outcome)
+        finally:
+            for item in items:
+                item.span.end()
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(records))
+        return outcome
+
+    async def _apply_or_split(self, items: list[_Item], outcome: BatchOutcome) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._apply(items, outcome)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_transient_db_error(exc):
+                    outcome.transient_retries += 1
+                    self.metrics.retries.labels("batch").inc()
+                    log.warning(
+                        "transient error applying batch; retrying",
+                        extra={"error": type(exc).__name__, "delay_s": delay, "batch_size": len(items)},
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_backoff_s)
+                    continue
+                if len(items) == 1:
+                    item = items[0]
+                    item.span.record_exception(exc)
+                    item.span.set_status(Status(StatusCode.ERROR, "handler failed"))
+                    await self._dead_letter(item.record, "handler_failed", f"{type(exc).__name__}: {exc}", outcome)
+                    return
+                mid = len(items) // 2
+                await self._apply_or_split(items[:mid], outcome)
+                await self._apply_or_split(items[mid:], outcome)
+                return
+
+    async def _apply(self, items: list[_Item], outcome: BatchOutcome) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            new_ids = await inbox.record_new(conn, [i.env.id for i in items])
+            fresh: list[_Item] = []
+            for item in items:
+                if item.env.id in new_ids:
+                    new_ids.discard(item.env.id)  # a second copy inside the same batch is a duplicate too
+                    fresh.append(item)
+            duplicates = len(items) - len(fresh)
+            if fresh:
+                if self.clock == "event":
+                    await advance_watermarks(conn, (i.env for i in fresh))
+                traceparents = {i.env.id: i.traceparent for i in fresh}
+                buffered: list[Any] = []
+                for handler, run in _runs(fresh, self.handlers):
+                    ctx = BatchContext(
+                        conn, [i.env for i in run], traceparents,
+                        service=self.service, source=self.source, clock=self.clock,
+                        topic_prefix=self.topic_prefix,
+                    )
+                    await handler(ctx)
+                    buffered.extend(ctx.outbox)
+                await outbox.insert(conn, buffered, self.service)
+        # Committed: count only now, so retried slices are not double counted.
+        outcome.applied += len(fresh)
+        outcome.duplicates += duplicates
+        if duplicates:
+            self.metrics.duplicates.inc(duplicates)
+        for item in fresh:
+            self.metrics.events_handled.labels(item.env.type).inc()
+        if fresh and self.on_committed is not None:
+            self.on_committed()
+
+    async def _dead_letter(self, rec: Any, reason: str, error: str, outcome: BatchOutcome) -> None:
+        headers = dead_letter_headers(
+            list(rec.headers or ()),
+            reason=reason,
+            error=error,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            service=self.service,
+        )
+        await publish_dead_letter(self.producer, self.dlq_topic, key=rec.key, value=rec.value, headers=headers)
+        outcome.dead_lettered += 1
+        outcome.dead_letter_ids.append(f"{rec.topic}:{rec.partition}:{rec.offset}")
+        self.metrics.dead_letters.labels(reason).inc()
+        log.warning(
+            "dead-lettered record",
+            extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset, "reason": reason},
+        )
+
+
+def _runs(items: list[_Item], handlers: dict[str, BatchHandler]) -> list[tuple[BatchHandler, list[_Item]]]:
+    """Consecutive items with the same handler, in batch order (keeps per-customer order across handlers)."""
+    runs: list[tuple[BatchHandler, list[_Item]]] = []
+    for item in items:
+        handler = handlers[item.env.type]
+        if runs and runs[-1][0] is handler:
+            runs[-1][1].append(item)
+        else:
+            runs.append((handler, [item]))
+    return runs

@@ -1,0 +1,130 @@
+"""What handlers can do inside their transaction: emit events (outbox), schedule/cancel timers, read clocks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+from loyalty_contracts.base import Event
+from loyalty_contracts.envelope import Envelope, KafkaRecord, encode
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ClockMode = Literal["wall", "event"]
+
+
+async def advance_watermarks(conn: asyncpg.Connection, events: Iterable[Envelope]) -> None:
+    """Move each tenant's event-time watermark forward to the latest event time seen (never back)."""
+    latest: dict[str, datetime] = {}
+    for env in events:
+        if env.tenant not in latest or env.time > latest[env.tenant]:
+            latest[env.tenant] = env.time
+    if not latest:
+        return
+    await conn.execute(
+        "INSERT INTO tenant_clocks (tenant, watermark) "
+        "SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+        "ON CONFLICT (tenant) DO UPDATE SET watermark = GREATEST(tenant_clocks.watermark, EXCLUDED.watermark)",
+        list(latest),
+        list(latest.values()),
+    )
+
+
+async def clock_now(conn: asyncpg.Connection, tenant: str, mode: ClockMode) -> datetime:
+    """The time rules see for a tenant: the wall clock, or its event-time watermark (epoch before any event)."""
+    if mode == "wall":
+        return datetime.now(UTC)
+    value = await conn.fetchval("SELECT watermark FROM tenant_clocks WHERE tenant = $1", tenant)
+    return value if value is not None else EPOCH
+
+
+async def schedule_timer(
+    conn: asyncpg.Connection,
+    *,
+    kind: str,
+    key: str,
+    due_at: datetime,
+    payload: Mapping[str, Any] | None,
+    tenant: str,
+    replace: bool = True,
+) -> None:
+    """Create the timer ``(kind, key)``; an existing one is replaced (``replace``) or left as it is."""
+    if due_at.tzinfo is None:
+        raise ValueError("due_at must be timezone-aware")
+    conflict = (
+        "DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, tenant = EXCLUDED.tenant, "
+        "attempts = 0, retry_at = NULL, last_error = NULL"
+        if replace
+        else "DO NOTHING"
+    )
+    await conn.execute(
+        "INSERT INTO timers (tenant, kind, key, due_at, payload) VALUES ($1, $2, $3, $4, $5::jsonb) "
+        f"ON CONFLICT (kind, key) {conflict}",
+        tenant, kind, key, due_at, json.dumps(dict(payload or {})),
+    )
+
+
+async def cancel_timer(conn: asyncpg.Connection, kind: str, key: str) -> bool:
+    status = await conn.execute("DELETE FROM timers WHERE kind = $1 AND key = $2", kind, key)
+    return status != "DELETE 0"
+
+
+class EffectContext:
+    """Shared by BatchContext and TimerContext: one open transaction and the outbox rows it will write."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        service: str,
+        source: str,
+        clock: ClockMode,
+        topic_prefix: str = "",
+        default_traceparent: str | None = None,
+    ) -> None:
+        self.conn = conn
+        self.service = service
+        self.source = source
+        self.clock = clock
+        self.topic_prefix = topic_prefix
+        self.default_traceparent = default_traceparent
+        self.outbox: list[KafkaRecord] = []
+        self.emitted: list[Envelope] = []
+
+    def _traceparent_for(self, cause: Envelope | None) -> str | None:
+        return self.default_traceparent
+
+    def emit(self, data: Event, *, cause: Envelope | None = None, tenant: str | None = None) -> Envelope:
+        """Queue an event; it is written to the outbox in this transaction and published after commit."""
+        owner = cause.tenant if cause is not None else tenant
+        if not owner:
+            raise ValueError("emit needs a cause or a tenant")
+        env = Envelope.new(data, tenant=owner, source=self.source, traceparent=self._traceparent_for(cause))
+        record = encode(env)
+        if self.topic_prefix:
+            record = KafkaRecord(self.topic_prefix + record.topic, record.key, record.value, record.headers)
+        self.outbox.append(record)
+        self.emitted.append(env)
+        return env
+
+    async def schedule(
+        self,
+        kind: str,
+        key: str,
+        due_at: datetime,
+        payload: Mapping[str, Any] | None,
+        tenant: str,
+        *,
+        replace: bool = True,
+    ) -> None:
+        await schedule_timer(
+            self.conn, kind=kind, key=key, due_at=due_at, payload=payload, tenant=tenant, replace=replace
+        )
+
+    async def cancel(self, kind: str, key: str) -> bool:
+        return await cancel_timer(self.conn, kind, key)
+
+    async def now_for(self, tenant: str) -> datetime:
+        return await clock_now(self.conn, tenant, self.clock)

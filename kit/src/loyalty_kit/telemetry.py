@@ -1,0 +1,54 @@
+"""OpenTelemetry tracing: one span per consumed event, parented on the event's ``traceparent``.
+
+Events emitted while handling an event carry that event's span as their ``traceparent``, so a
+consume → produce hop stays in one trace.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def make_tracer_provider(service: str, otlp_endpoint: str | None = None) -> TracerProvider:
+    """A tracer provider for a service; exports over OTLP/HTTP when an endpoint is configured."""
+    provider = TracerProvider(resource=Resource.create({"service.name": f"loyalty-{service}"}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = otlp_endpoint.rstrip("/")
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    return provider
+
+
+def context_from_traceparent(traceparent: str | None) -> Context | None:
+    """Parent context for a span (None starts a new trace)."""
+    if not traceparent:
+        return None
+    ctx = _PROPAGATOR.extract({"traceparent": traceparent})
+    span_ctx = trace.get_current_span(ctx).get_span_context()
+    return ctx if span_ctx.is_valid else None
+
+
+def traceparent_of(span: Span) -> str | None:
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def remote_span(traceparent: str) -> Span:
+    """A non-recording span standing for a remote parent (used when tracing is off)."""
+    parts = traceparent.split("-")
+    return NonRecordingSpan(
+        SpanContext(int(parts[1], 16), int(parts[2], 16), is_remote=True, trace_flags=TraceFlags(int(parts[3], 16)))
+    )

@@ -1,0 +1,44 @@
+"""Topic names as one ServiceApp sees them (optional prefix for isolated test runs) and topic creation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from loyalty_contracts.catalogue import DEFAULT_PARTITIONS, DLQ_RETENTION_MS, TOPICS
+
+log = logging.getLogger(__name__)
+
+_SPECS = {spec.name: spec for spec in TOPICS}
+
+
+async def ensure_topics(
+    bootstrap: str, names: Iterable[str], *, prefix: str = "", replication_factor: int = 1
+) -> None:
+    """Create missing topics with the catalogue's partitions and retention (a no-op for existing ones)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new: list[NewTopic] = []
+        for name in wanted:
+            if name in existing:
+                continue
+            spec = _SPECS.get(name[len(prefix):] if prefix and name.startswith(prefix) else name)
+            partitions = spec.partitions if spec else DEFAULT_PARTITIONS
+            retention = spec.retention_ms if spec else (DLQ_RETENTION_MS if ".dlq." in name else None)
+            configs = {"retention.ms": str(retention)} if retention else {}
+            new.append(NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, topic_configs=configs))
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another replica created it first
+            log.info("created topics", extra={"count": len(new)})
+    finally:
+        await admin.close()
