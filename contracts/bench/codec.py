@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary, to_binary
 from cloudevents.core.formats.json import JSONFormat
@@ -77,10 +78,10 @@ def main() -> None:
         message = sdk_encode(env)
         assert decode(record.key, record.value, record.headers) == env
         assert sdk_decode(message) == env.data
-        hand_enc = rate(lambda env=env: encode(env), n)
-        sdk_enc = rate(lambda env=env: sdk_encode(env), n)
-        hand_dec = rate(lambda r=record: decode(r.key, r.value, r.headers), n)
-        sdk_dec = rate(lambda m=message: sdk_decode(m), n)
+        hand_enc = rate(partial(encode, env), n)
+        sdk_enc = rate(partial(sdk_encode, env), n)
+        hand_dec = rate(partial(decode, record.key, record.value, record.headers), n)
+        sdk_dec = rate(partial(sdk_decode, message), n)
         print(f"{ce_type} ({len(record.value)} B body), n={n}")
         print(f"  encode  hand {hand_enc:>10,.0f}/s   sdk {sdk_enc:>10,.0f}/s   hand/sdk {hand_enc / sdk_enc:.2f}x")
         print(f"  decode  hand {hand_dec:>10,.0f}/s   sdk {sdk_dec:>10,.0f}/s   hand/sdk {hand_dec / sdk_dec:.2f}x")

@@ -19,7 +19,7 @@ from loyalty_contracts.catalogue import (
 from loyalty_contracts.events.retail import DeliveryCompleted, PurchaseMade
 from loyalty_contracts.generate import event_schema
 from loyalty_contracts.registry import EVENT_TYPES, model_for
-from loyalty_contracts.samples import SAMPLES, with_customer
+from loyalty_contracts.samples import SAMPLES, sample_of, with_customer
 from pydantic import ValidationError
 
 
@@ -68,7 +68,7 @@ def test_extra_fields_are_forbidden_when_building_and_models_are_frozen() -> Non
         DeliveryCompleted(  # type: ignore[call-arg]
             customer_id="c", occurred_at=datetime(2026, 1, 1, tzinfo=UTC), order_id="o", typo=1
         )
-    event = SAMPLES["loyalty.DeliveryCompleted.v1"]
+    event = sample_of(DeliveryCompleted)
     with pytest.raises(ValidationError):
         event.order_id = "other"  # type: ignore[misc]
 
@@ -97,7 +97,7 @@ def test_registry_and_samples_cover_every_type() -> None:
 
 def test_with_customer_rebinds_subject_and_time() -> None:
     t = datetime(2027, 1, 1, tzinfo=UTC)
-    event = with_customer(SAMPLES["loyalty.PurchaseMade.v1"], "c-9", t)
+    event = with_customer(sample_of(PurchaseMade), "c-9", t)
     assert (event.customer_id, event.occurred_at) == ("c-9", t)
     assert event.order_id == "order-1001"
 

@@ -1,6 +1,7 @@
 """One valid sample per event type, built from python objects (strict mode).
 
-Reused by tests, the kit, benchmarks and the demo. ``sample(ce_type)`` returns the sample for a type;
+Reused by tests, the kit, benchmarks and the demo. ``sample(ce_type)`` returns the sample for a type
+(``sample_of(Model)`` returns it typed as the model);
 ``SAMPLES`` maps every registered ce_type to its sample. ``with_customer`` rebinds a sample to another
 customer (and optionally another time) for generating streams.
 """
@@ -289,6 +290,13 @@ if set(SAMPLES) != set(EVENT_TYPES):  # pragma: no cover - keeps the samples com
 
 def sample(ce_type: str) -> Event:
     return SAMPLES[ce_type]
+
+
+def sample_of(model: type[E]) -> E:
+    """The sample of a model class, typed as that class: ``sample_of(PurchaseMade).order_id``."""
+    event = SAMPLES[model.ce_type()]
+    assert isinstance(event, model)
+    return event
 
 
 def with_customer(event: E, customer_id: str, occurred_at: datetime | None = None) -> E:
