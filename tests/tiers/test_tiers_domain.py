@@ -362,3 +362,10 @@ def test_walk_balance_matches_reference_at_boundaries() -> None:
     for moment in (at(-1), at(), at(364), at(365) - timedelta(microseconds=1), at(365)):
         assert evaluate(p, "c1", entries, moment).points == balance_at(entries, moment)
     assert T0.tzinfo is not None
+
+
+def test_tier_reached_between_events_is_kept_under_policy_none() -> None:
+    p = program(downgrade={"policy": "none"}, window={"kind": "rolling_days", "days": 90})
+    facts = [purchase("p1", at(0), "o1", ("a", "tools", 1, 5000)), purchase("p2", at(10), "o2", ("a", "tools", 1, 6000))]
+    state = evaluate(p, "c1", derive_ledger(p, facts), at(200))
+    assert (state.points, p.ladder[state.tier].id, state.since) == (0, "maker", at(10))
