@@ -89,7 +89,7 @@ _PRODUCER: dict[str, str] = {
             "CustomerAtRisk",
         )
     },
-    **{name: "notifier" for name in ("NotificationDelivered", "NotificationFailed")},
+    **{name: "notifier" for name in ("NotificationDelivered", "NotificationFailed", "NotificationSuppressed")},
 }
 
 _CONSUMED_BY: dict[str, tuple[str, ...]] = {

@@ -39,6 +39,7 @@ ALL_EVENT_MODELS: tuple[type[Event], ...] = (
     surveys.CustomerAtRisk,
     notifier.NotificationDelivered,
     notifier.NotificationFailed,
+    notifier.NotificationSuppressed,
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {model.ce_type(): model for model in ALL_EVENT_MODELS}

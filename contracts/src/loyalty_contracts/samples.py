@@ -280,6 +280,17 @@ _ALL: list[Event] = [
         detail="provider returned HTTP 500 six times",
         attempts=6,
     ),
+    notifier.NotificationSuppressed(
+        customer_id=CUSTOMER,
+        occurred_at=T0,
+        source_event_id="0b7e4c1e-5d0c-4a61-9c53-4a3c3b1f2a12",
+        source_event_type="loyalty.SurveyRequested.v1",
+        template="survey_request",
+        category="survey",
+        channel="sms",
+        reason="contact_budget",
+        detail="4 messages in 7 days (limit 4 for survey)",
+    ),
 ]
 
 SAMPLES: dict[str, Event] = {event.ce_type(): event for event in _ALL}

@@ -47,3 +47,26 @@ class NotificationFailed(Event):
     ] = Field(description="Reason code.")
     detail: str | None = Field(default=None, max_length=500, description="Error detail without PII.")
     attempts: int = Field(default=0, ge=0, description="Attempts made.")
+
+
+class NotificationSuppressed(Event):
+    """A message was decided against on purpose (consent, contact budget, frequency cap, no contact).
+
+    Surveys reads it for SurveyRequested to record a survey request suppressed by the shared contact budget
+    (docs/CONTACT_BUDGET.md). Nothing was sent; the reason says why.
+    """
+
+    event_type: ClassVar[str] = "NotificationSuppressed"
+    event_version: ClassVar[int] = 1
+
+    source_event_id: Identifier = Field(description="ce_id of the event that would have caused the message.")
+    source_event_type: str = Field(description="ce_type of that event (or 'journey:<name>:<step>').")
+    template: Identifier | None = Field(default=None, description="Template key that would have been used.")
+    category: Literal["transactional", "service", "marketing", "survey"] = Field(
+        description="Consent category of the message."
+    )
+    channel: DeliveryChannel | None = Field(default=None, description="Channel it would have used, if chosen.")
+    reason: Literal[
+        "unknown_customer", "no_consent", "no_reachable_channel", "contact_budget", "frequency_cap", "journey_exited"
+    ] = Field(description="Reason code.")
+    detail: str | None = Field(default=None, max_length=500, description="Detail without PII.")
