@@ -123,6 +123,13 @@ def test_narrowing(where: tuple[str, ...], key: str, value: Any) -> None:
     assert len(problems) >= 1 and all(key in p for p in problems), problems
 
 
+def test_restricting_map_keys() -> None:
+    schema = json.loads(render_schema_file(EVENT_TYPES["loyalty.ImprovementShipped.v1"]))
+    new = copy.deepcopy(schema)
+    new["properties"]["messages"]["propertyNames"] = {"pattern": "^[a-z]{2}$"}
+    assert check_compatible(schema, new) == ["messages: propertyNames changed from 'none' to {'pattern': '^[a-z]{2}$'}"]
+
+
 def test_closing_the_object() -> None:
     assert _problems(lambda s: s.update(additionalProperties=False)) == [
         "<root>: object closed to additional properties"

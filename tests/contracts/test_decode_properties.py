@@ -111,3 +111,25 @@ def test_valid_record_with_mutated_bytes_and_header_shapes(ce_type: str, data: s
 def test_the_valid_records_used_above_really_decode() -> None:
     for record in GOOD.values():
         assert decode(record.key, record.value, record.headers).tenant == "acme"
+
+
+@SETTINGS
+@given(amount=st.floats(allow_nan=False, allow_infinity=False))
+def test_money_never_accepts_a_float(amount: float) -> None:
+    """In python and on the wire, an amount written as a float is a schema violation, even 100.0."""
+    import pytest
+    from loyalty_contracts.base import Money
+    from loyalty_contracts.envelope import DecodeReason
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        Money(amount_minor=amount, currency="EUR")  # type: ignore[arg-type]
+    record = GOOD["loyalty.PurchaseMade.v1"]
+    body = json.loads(record.value)
+    body["total"]["amount_minor"] = amount
+    try:
+        decode(record.key, json.dumps(body).encode(), record.headers)
+    except DecodeError as exc:
+        assert exc.reason is DecodeReason.SCHEMA_VIOLATION
+    else:
+        raise AssertionError(f"float amount {amount!r} was accepted")

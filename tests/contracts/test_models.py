@@ -141,3 +141,42 @@ def test_a_v2_gets_its_own_topic_side_by_side() -> None:
 
     assert topic_name("PurchaseMade", 2) == "loyalty.purchase-made.v2"
     assert topic_name("PurchaseMade", 1) == topic_for("loyalty.PurchaseMade.v1")
+
+
+def test_reward_payload_must_match_its_kind() -> None:
+    from loyalty_contracts.events.referrals import ReferralRewardGranted, ReferralRewardRevoked
+
+    granted = sample_of(ReferralRewardGranted)
+    base = granted.model_dump()
+    ok_coupon = {**base, "kind": "coupon", "points": None, "coupon_value": Money(amount_minor=2000, currency="USD")}
+    assert ReferralRewardGranted(**ok_coupon).coupon_value is not None
+    for bad in (
+        {**base, "points": None},  # kind points without points
+        {**base, "perk_id": "early-access"},  # two payloads
+        {**base, "kind": "perk"},  # perk without perk_id, with points
+    ):
+        with pytest.raises(ValidationError, match="needs exactly the field"):
+            ReferralRewardGranted(**bad)
+    revoked = sample_of(ReferralRewardRevoked).model_dump()
+    with pytest.raises(ValidationError, match="needs exactly the field"):
+        ReferralRewardRevoked(**{**revoked, "points": None})
+
+
+def test_purchase_lines_share_the_order_currency_and_have_unique_ids() -> None:
+    body = json.loads(sample_of(PurchaseMade).model_dump_json())
+    body["lines"][0]["unit_price"]["currency"] = "USD"
+    with pytest.raises(ValidationError, match="order currency"):
+        PurchaseMade.model_validate_json(json.dumps(body))
+    body = json.loads(sample_of(PurchaseMade).model_dump_json())
+    body["lines"][1]["line_id"] = body["lines"][0]["line_id"]
+    with pytest.raises(ValidationError, match="unique"):
+        PurchaseMade.model_validate_json(json.dumps(body))
+
+
+def test_partial_refund_must_list_lines() -> None:
+    from loyalty_contracts.events.retail import PurchaseRefunded
+
+    refund = sample_of(PurchaseRefunded).model_dump()
+    with pytest.raises(ValidationError, match="partial refund"):
+        PurchaseRefunded(**{**refund, "lines": []})
+    assert PurchaseRefunded(**{**refund, "full": True, "lines": []}).full

@@ -8,8 +8,8 @@ every reader of every other revision (FULL_TRANSITIVE) for the *shape* of the da
   change either;
 - no new required field, no optional field becoming required, no required field becoming optional;
 - no narrowing of what a field accepts: higher minimum / lower maximum, longer minLength / shorter maxLength,
-  more minItems / fewer maxItems, a new or changed pattern or format, an enum value removed, a closed object
-  that used to be open;
+  more minItems / fewer maxItems, a new or changed pattern, format or propertyNames, an enum value removed,
+  a closed object that used to be open;
 - adding an optional field is fine: readers ignore unknown fields (tolerant reader, open content model).
 
 Adding an enum value or widening a bound is accepted, as the brief's rule allows; it is only safe once
@@ -111,7 +111,7 @@ def _compare_node(old_doc: _Doc, old: Schema, new_doc: _Doc, new: Schema, path: 
     for key in _UPPER_BOUNDS:
         if key in new and (key not in old or new[key] < old[key]):
             problems.append(f"{path}: {key} narrowed from {old.get(key, 'none')} to {new[key]}")
-    for key in ("pattern", "format", "multipleOf"):
+    for key in ("pattern", "format", "multipleOf", "propertyNames"):
         if key in new and new.get(key) != old.get(key):
             problems.append(f"{path}: {key} changed from {old.get(key, 'none')!r} to {new[key]!r}")
 

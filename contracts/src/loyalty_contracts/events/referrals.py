@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from loyalty_contracts.base import Event, Identifier, Money
+
+_REWARD_FIELD = {"points": "points", "coupon": "coupon_value", "perk": "perk_id"}
+
+
+def _check_reward_payload(kind: str, points: int | None, coupon_value: Money | None, perk_id: str | None) -> None:
+    """Exactly the field matching ``kind`` is set, so a consumer never has to guess."""
+    present = {"points": points is not None, "coupon": coupon_value is not None, "perk": perk_id is not None}
+    if not present[kind] or sum(present.values()) != 1:
+        raise ValueError(f"kind {kind!r} needs exactly the field {_REWARD_FIELD[kind]!r} set")
 
 BeneficiaryRole = Literal["referrer", "referee"]
 RewardKind = Literal["points", "coupon", "perk"]
@@ -44,7 +53,10 @@ class ReferralConverted(Event):
 
 
 class ReferralRewardGranted(Event):
-    """A reward was granted to one side of a referral. customer_id is the beneficiary."""
+    """A reward was granted to one side of a referral. customer_id is the beneficiary.
+
+    Exactly one of points / coupon_value / perk_id is set, the one matching ``kind``.
+    """
 
     event_type: ClassVar[str] = "ReferralRewardGranted"
     event_version: ClassVar[int] = 1
@@ -56,6 +68,11 @@ class ReferralRewardGranted(Event):
     points: int | None = Field(default=None, ge=0, description="Status points, when kind is 'points'.")
     coupon_value: Money | None = Field(default=None, description="Coupon value, when kind is 'coupon'.")
     perk_id: Identifier | None = Field(default=None, description="Perk id, when kind is 'perk'.")
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> ReferralRewardGranted:
+        _check_reward_payload(self.kind, self.points, self.coupon_value, self.perk_id)
+        return self
 
 
 class ReferralRewardRevoked(Event):
@@ -72,6 +89,11 @@ class ReferralRewardRevoked(Event):
     coupon_value: Money | None = Field(default=None, description="Coupon value, when kind is 'coupon'.")
     perk_id: Identifier | None = Field(default=None, description="Perk id, when kind is 'perk'.")
     reason: Identifier = Field(description="Why, e.g. 'order_refunded', 'fraud_confirmed'.")
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> ReferralRewardRevoked:
+        _check_reward_payload(self.kind, self.points, self.coupon_value, self.perk_id)
+        return self
 
 
 class ReferralRejected(Event):

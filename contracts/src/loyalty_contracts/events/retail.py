@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, model_validator
 
 from loyalty_contracts.base import Contract, Event, Identifier, KeyedHash, Locale, Money
 
@@ -95,7 +95,7 @@ class PurchaseLine(Contract):
 
 
 class PurchaseMade(Event):
-    """An order was paid."""
+    """An order was paid. All lines are in the order currency; line ids are unique within the order."""
 
     event_type: ClassVar[str] = "PurchaseMade"
     event_version: ClassVar[int] = 1
@@ -115,6 +115,15 @@ class PurchaseMade(Event):
         default=None, description="Keyed hash of the normalised shipping address (fraud checks)."
     )
 
+    @model_validator(mode="after")
+    def _one_currency_unique_lines(self) -> PurchaseMade:
+        currency = self.total.currency
+        if any(line.unit_price.currency != currency for line in self.lines):
+            raise ValueError("every line's unit_price must be in the order currency (total.currency)")
+        if len({line.line_id for line in self.lines}) != len(self.lines):
+            raise ValueError("line_id must be unique within the order")
+        return self
+
 
 class RefundedLine(Contract):
     """Units of one order line given back."""
@@ -124,7 +133,7 @@ class RefundedLine(Contract):
 
 
 class PurchaseRefunded(Event):
-    """Money was returned for all or part of an order."""
+    """Money was returned for all or part of an order. A partial refund lists its lines."""
 
     event_type: ClassVar[str] = "PurchaseRefunded"
     event_version: ClassVar[int] = 1
@@ -134,6 +143,12 @@ class PurchaseRefunded(Event):
     full: bool = Field(description="True when the whole order is refunded; then 'lines' may be empty.")
     lines: list[RefundedLine] = Field(default_factory=list, description="Refunded lines for a partial refund.")
     amount: Money = Field(description="Amount returned to the customer.")
+
+    @model_validator(mode="after")
+    def _partial_refund_names_lines(self) -> PurchaseRefunded:
+        if not self.full and not self.lines:
+            raise ValueError("a partial refund (full=false) must list the refunded lines")
+        return self
 
 
 class DeliveryCompleted(Event):
