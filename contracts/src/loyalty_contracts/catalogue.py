@@ -117,6 +117,12 @@ _CONSUMED_BY: dict[str, tuple[str, ...]] = {
         "CaseResolved",
         "ImprovementShipped",
         "ConsultationCompleted",
+        # beyond the brief's table, as the surveys service handles them: locale/segment context, and
+        # delivery reports telling that a survey link never reached the customer
+        "CustomerRegistered",
+        "TierChanged",
+        "NotificationFailed",
+        "NotificationSuppressed",
     ),
     "notifier": (
         "CustomerRegistered",
