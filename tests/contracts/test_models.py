@@ -100,6 +100,10 @@ def test_with_customer_rebinds_subject_and_time() -> None:
     event = with_customer(sample_of(PurchaseMade), "c-9", t)
     assert (event.customer_id, event.occurred_at) == ("c-9", t)
     assert event.order_id == "order-1001"
+    with pytest.raises(ValueError, match="timezone-aware"):
+        with_customer(sample_of(PurchaseMade), "c-9", datetime(2027, 1, 1))
+    with pytest.raises(ValueError, match="customer_id"):
+        with_customer(sample_of(PurchaseMade), "")
 
 
 def test_catalogue_names_and_routing() -> None:

@@ -311,8 +311,16 @@ def sample_of(model: type[E]) -> E:
 
 
 def with_customer(event: E, customer_id: str, occurred_at: datetime | None = None) -> E:
-    """A copy of ``event`` for another customer (and optionally another event time)."""
+    """A copy of ``event`` for another customer (and optionally another event time).
+
+    Uses ``model_copy`` (no full revalidation, fast enough for generating millions of events), so the two
+    replaced values are checked here.
+    """
+    if not isinstance(customer_id, str) or not 1 <= len(customer_id) <= 200:
+        raise ValueError("customer_id must be a non-empty string of at most 200 characters")
     update: dict[str, object] = {"customer_id": customer_id}
     if occurred_at is not None:
+        if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
+            raise ValueError("occurred_at must be timezone-aware")
         update["occurred_at"] = occurred_at
     return event.model_copy(update=update)
