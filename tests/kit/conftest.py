@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-
 from loyalty_kit.testing import fresh_database
 
 

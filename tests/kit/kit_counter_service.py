@@ -10,7 +10,6 @@ from pathlib import Path
 
 from loyalty_contracts.events.retail import PurchaseMade
 from loyalty_contracts.events.tiers import TierProgressMilestone
-
 from loyalty_kit import BatchContext, ServiceApp, ServiceSettings, Timer, TimerContext
 
 PURCHASE = "loyalty.PurchaseMade.v1"
@@ -38,7 +37,8 @@ def build(settings: ServiceSettings, **kwargs: object) -> ServiceApp:
         rows = await ctx.conn.fetch(
             "INSERT INTO purchase_counts (tenant, customer_id, purchases) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::int[]) "
-            "ON CONFLICT (tenant, customer_id) DO UPDATE SET purchases = purchase_counts.purchases + EXCLUDED.purchases "
+            "ON CONFLICT (tenant, customer_id) "
+            "DO UPDATE SET purchases = purchase_counts.purchases + EXCLUDED.purchases "
             "RETURNING tenant, customer_id, purchases",
             [t for t, _ in per_customer], [c for _, c in per_customer], list(per_customer.values()),
         )

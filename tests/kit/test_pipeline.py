@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 from kit_counter_service import MILESTONE, PURCHASE, build
 from loyalty_contracts.catalogue import topic_for
-from loyalty_contracts.envelope import Envelope, decode
+from loyalty_contracts.envelope import Envelope, decode, encode
 from loyalty_contracts.samples import T0, sample, with_customer
-
-from loyalty_kit.testing import TopicReader, isolated_settings, publish, running, wait_until
+from loyalty_kit.dlq import list_dead_letters, replay_dead_letters
+from loyalty_kit.testing import TopicReader, isolated_settings, publish, publish_raw, running, wait_until
 from loyalty_kit.topics import ensure_topics
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 TENANT = "acme-diy"
 
@@ -60,3 +64,103 @@ async def test_batches_apply_once_and_redelivery_changes_nothing(
             env = decode(rec.key, rec.value, rec.headers)
             per_customer.setdefault(env.subject, []).append(env.data.points)  # type: ignore[attr-defined]
         assert per_customer == {f"c{i}": [1, 2, 3, 4] for i in range(5)}
+
+
+async def test_crash_between_db_commit_and_offset_commit_causes_no_double_effect(
+    kafka_bootstrap: str, kit_db: str, service_name: str, suffix: str
+) -> None:
+    settings = isolated_settings(service_name, kafka_bootstrap, kit_db, suffix, pg_admin_dsn=kit_db)
+    prefix = settings.topic_prefix
+    events = purchases(["a", "b", "c"], 5)
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    first = build(settings)
+
+    async def process_but_never_commit_offsets(msg: Any) -> None:
+        assert first.processor is not None
+        await first.processor.process(msg.raw_message)  # DB commit happens; the "crash" skips msg.ack()
+
+    first._on_batch = process_but_never_commit_offsets  # type: ignore[method-assign]
+    async with TopicReader(kafka_bootstrap, prefix + topic_for(MILESTONE)) as out:
+        async with running(first):
+            await publish(kafka_bootstrap, events, topic_prefix=prefix)
+            await out.wait_for(15)
+        assert await counts(kit_db, service_name) == {"a": 5, "b": 5, "c": 5}
+        # Same consumer group, no committed offsets: the restarted service reads all 15 records again.
+        second = build(settings)
+        async with running(second):
+            await wait_until(lambda: second.metrics.duplicates._value.get() >= 15, within_s=30)
+            assert second.metrics.events_handled.labels(PURCHASE)._value.get() == 0
+        assert await counts(kit_db, service_name) == {"a": 5, "b": 5, "c": 5}
+        assert len(out.records) == 15
+
+
+async def test_poison_and_undecodable_records_go_to_dead_letters_and_replay_works(
+    kafka_bootstrap: str, kit_db: str, service_name: str, suffix: str
+) -> None:
+    settings = isolated_settings(service_name, kafka_bootstrap, kit_db, suffix, pg_admin_dsn=kit_db)
+    prefix = settings.topic_prefix
+    purchase_topic = prefix + topic_for(PURCHASE)
+    before = purchases(["p", "q"], 3, order_prefix="before")
+    poison = purchases(["p"], 1, order_prefix="POISON")
+    after = purchases(["p", "q"], 2, order_prefix="after")
+    garbage_headers = [(k, v) for k, v in encode(before[0]).headers if k != "ce_id"] + [("ce_id", b"garbage-1")]
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    app = build(settings)
+    async with running(app), TopicReader(kafka_bootstrap, app.dlq_topic) as dlq:
+        await publish(kafka_bootstrap, before + poison, topic_prefix=prefix)
+        await publish_raw(kafka_bootstrap, [(purchase_topic, b"p", b"{not json", garbage_headers)])
+        await publish(kafka_bootstrap, after, topic_prefix=prefix)
+        await dlq.wait_for(2)
+        await wait_until(lambda: app.metrics.events_handled.labels(PURCHASE)._value.get() >= 10, within_s=30)
+        assert await counts(kit_db, service_name) == {"p": 5, "q": 5}
+
+        letters = await list_dead_letters(kafka_bootstrap, service_name, topic_prefix=prefix)
+        by_reason = {dl.reason: dl for dl in letters}
+        assert set(by_reason) == {"handler_failed", "malformed_json"}
+        failed = by_reason["handler_failed"]
+        assert failed.event_id == poison[0].id
+        assert failed.original_topic == purchase_topic
+        assert failed.error is not None and "Poisoned" in failed.error and "POISON-p-0" in failed.error
+        assert failed.header("dlq_service") == service_name
+        assert failed.header("dlq_offset") is not None and failed.header("dlq_at") is not None
+        assert failed.original_headers == encode(poison[0]).headers
+        assert by_reason["malformed_json"].value == b"{not json"
+
+        # The bug is fixed; replaying the dead letter applies the purchase once.
+        app.state["healed"] = True  # type: ignore[attr-defined]
+        replayed = await replay_dead_letters(kafka_bootstrap, service_name, [failed.id], topic_prefix=prefix)
+        assert [r.id for r in replayed] == [failed.id]
+        await wait_until(lambda: app.metrics.events_handled.labels(PURCHASE)._value.get() >= 11, within_s=30)
+        assert await counts(kit_db, service_name) == {"p": 6, "q": 5}
+
+
+async def test_consume_produce_hop_keeps_the_trace(
+    kafka_bootstrap: str, kit_db: str, service_name: str, suffix: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = isolated_settings(service_name, kafka_bootstrap, kit_db, suffix, pg_admin_dsn=kit_db)
+    prefix = settings.topic_prefix
+    trace_id, parent_span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    incoming = purchases(["t"], 1)[0]
+    incoming = Envelope.new(
+        incoming.data, tenant=TENANT, source="/test/retailer", traceparent=f"00-{trace_id}-{parent_span_id}-01"
+    )
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    app = build(settings, tracer_provider=provider)
+    async with running(app), TopicReader(kafka_bootstrap, prefix + topic_for(MILESTONE)) as out:
+        await publish(kafka_bootstrap, [incoming], topic_prefix=prefix)
+        (produced,) = await out.wait_for(1)
+    emitted = decode(produced.key, produced.value, produced.headers)
+    assert emitted.traceparent is not None
+    _, out_trace, out_span, _ = emitted.traceparent.split("-")
+    assert out_trace == trace_id
+    consume_spans = [
+        s for s in exporter.get_finished_spans()
+        if s.attributes and s.attributes.get("messaging.message.id") == incoming.id
+    ]
+    assert len(consume_spans) == 1
+    span = consume_spans[0]
+    assert f"{span.context.span_id:016x}" == out_span
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_span_id

@@ -32,14 +32,13 @@ def notify_channel(schema: str) -> str:
     return f"loyalty_outbox_{schema}"
 
 
-def _headers_json(headers: Sequence[tuple[str, bytes]]) -> str:
+def _headers_json(headers: Sequence[tuple[str, bytes]]) -> bytes:
     # latin-1 maps every byte to one code point, so any header value round-trips through JSON text.
-    return json.dumps([[name, value.decode("latin-1")] for name, value in headers])
+    return json.dumps([[name, value.decode("latin-1")] for name, value in headers]).encode()
 
 
-def _headers_from_json(raw: str | list[list[str]]) -> list[tuple[str, bytes]]:
-    pairs = json.loads(raw) if isinstance(raw, str) else raw
-    return [(name, value.encode("latin-1")) for name, value in pairs]
+def _headers_from_json(raw: bytes) -> list[tuple[str, bytes]]:
+    return [(name, value.encode("latin-1")) for name, value in json.loads(raw)]
 
 
 async def insert(conn: asyncpg.Connection, records: Sequence[KafkaRecord], schema: str) -> None:
@@ -48,7 +47,7 @@ async def insert(conn: asyncpg.Connection, records: Sequence[KafkaRecord], schem
         return
     await conn.execute(
         "INSERT INTO outbox (topic, key, headers, value) "
-        "SELECT t, k, h::jsonb, v FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bytea[]) AS u(t, k, h, v)",
+        "SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[])",
         [r.topic for r in records],
         [r.key for r in records],
         [_headers_json(r.headers) for r in records],
@@ -145,7 +144,7 @@ class OutboxRelay:
         published = 0
         while True:
             rows = await conn.fetch(
-                "SELECT id, topic, key, headers::text AS headers, value FROM outbox ORDER BY id LIMIT $1",
+                "SELECT id, topic, key, headers, value FROM outbox ORDER BY id LIMIT $1",
                 self.batch_rows,
             )
             if not rows:

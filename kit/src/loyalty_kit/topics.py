@@ -33,7 +33,11 @@ async def ensure_topics(
             partitions = spec.partitions if spec else DEFAULT_PARTITIONS
             retention = spec.retention_ms if spec else (DLQ_RETENTION_MS if ".dlq." in name else None)
             configs = {"retention.ms": str(retention)} if retention else {}
-            new.append(NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, topic_configs=configs))
+            new.append(
+                NewTopic(
+                    name, num_partitions=partitions, replication_factor=replication_factor, topic_configs=configs
+                )
+            )
         if new:
             try:
                 await admin.create_topics(new)

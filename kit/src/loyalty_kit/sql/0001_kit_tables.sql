@@ -9,7 +9,7 @@ CREATE TABLE outbox (
     id         bigserial PRIMARY KEY,
     topic      text NOT NULL,
     key        bytea,
-    headers    jsonb NOT NULL DEFAULT '[]',
+    headers    bytea NOT NULL,  -- JSON [[name, latin-1 text of value], ...]; bytea because jsonb rejects NUL
     value      bytea NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
