@@ -70,6 +70,7 @@ _PRODUCER: dict[str, str] = {
     **{
         name: "referrals"
         for name in (
+            "ReferralCodeIssued",
             "ReferralConverted",
             "ReferralRewardGranted",
             "ReferralRewardRevoked",

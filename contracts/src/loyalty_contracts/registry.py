@@ -25,6 +25,7 @@ ALL_EVENT_MODELS: tuple[type[Event], ...] = (
     tiers.TierChanged,
     tiers.TierProgressMilestone,
     tiers.TierDowngradeScheduled,
+    referrals.ReferralCodeIssued,
     referrals.ReferralConverted,
     referrals.ReferralRewardGranted,
     referrals.ReferralRewardRevoked,

@@ -154,6 +154,12 @@ _ALL: list[Event] = [
         effective_at=T0 + timedelta(days=30),
         points_needed=200,
     ),
+    referrals.ReferralCodeIssued(
+        customer_id=CUSTOMER,
+        occurred_at=T0,
+        code="K7MX3QPA",
+        share_link="https://shop.example.com/invite/K7MX3QPA",
+    ),
     referrals.ReferralConverted(
         customer_id=CUSTOMER,
         occurred_at=T0,

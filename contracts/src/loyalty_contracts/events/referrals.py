@@ -37,7 +37,21 @@ RejectionReason = Literal[
     "referral_cycle",
     "blocked_domain",
     "rejected_by_staff",
+    "first_order_refunded",
 ]
+
+
+class ReferralCodeIssued(Event):
+    """A customer's own referral code and shareable link, so the notifier can send them. customer_id owns it."""
+
+    event_type: ClassVar[str] = "ReferralCodeIssued"
+    event_version: ClassVar[int] = 1
+
+    code: str = Field(
+        min_length=4, max_length=32, description="The code to share (upper-case letters and digits, no 0/O/1/I/L)."
+    )
+    share_link: str = Field(min_length=1, max_length=2000, description="Link the customer shares with friends.")
+    vanity: bool = Field(default=False, description="True for a vanity code assigned by staff.")
 
 
 class ReferralConverted(Event):
