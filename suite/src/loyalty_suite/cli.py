@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -16,6 +18,28 @@ from .stack import LocalStack, StackError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="The loyalty event suite.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + Postgres stack.")
 app.add_typer(stack_app, name="stack")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, show and replay.")
+app.add_typer(dlq_app, name="dlq")
+
+SERVICE_NAMES = ("referrals", "tiers", "surveys", "notifier")
+
+
+def _running_endpoints(stack_dir: Path | None) -> tuple[str, str]:
+    """Kafka bootstrap and Postgres DSN: from LOYALTY_KAFKA_BOOTSTRAP/LOYALTY_PG_DSN, else the running local stack."""
+    bootstrap, dsn = os.environ.get("LOYALTY_KAFKA_BOOTSTRAP"), os.environ.get("LOYALTY_PG_DSN")
+    if bootstrap and dsn:
+        return bootstrap, dsn
+    state = LocalStack(stack_dir).read_state()
+    if not state:
+        raise StackError("no Kafka/Postgres to talk to: set LOYALTY_KAFKA_BOOTSTRAP and LOYALTY_PG_DSN, "
+                         "or start the local stack (`loyalty stack up` or `loyalty run`)")
+    return str(state["kafka_bootstrap"]), str(state["pg_dsn"])
+
+
+def _check_service(service: str) -> str:
+    if service not in SERVICE_NAMES:
+        raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(SERVICE_NAMES)}")
+    return service
 
 
 def _fail(exc: Exception) -> None:
@@ -97,6 +121,77 @@ def run(
         return
     typer.echo(f"stack ready ({endpoints.backend}): kafka {endpoints.kafka_bootstrap}; Ctrl-C stops everything")
     wait_forever_then(stack.down)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    service: str = typer.Argument(..., help="referrals | tiers | surveys | notifier"),
+    limit: int = typer.Option(100, help="At most this many (the most recent)."),
+    stack_dir: Path | None = typer.Option(None),
+) -> None:
+    """List a service's dead letters: id, reason, error, original topic and event (never the body)."""
+    from loyalty_kit.dlq import list_dead_letters
+
+    bootstrap, _ = _running_endpoints(stack_dir)
+    letters = asyncio.run(list_dead_letters(bootstrap, _check_service(service), limit))
+    for dl in letters:
+        s = dl.summary()
+        typer.echo(f"{s['id']:>10}  {s['reason'] or '-':<18} {s['event_type'] or '-':<34} {s['topic'] or '-'}  "
+                   f"{(s['error'] or '')[:100]}")
+    typer.echo(f"{len(letters)} dead letter(s) for {service}")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    service: str = typer.Argument(...),
+    dead_letter_id: str = typer.Argument(..., help="<partition>:<offset> as `list` prints it"),
+    body: bool = typer.Option(False, help="Also print the body (may hold personal data)."),
+    stack_dir: Path | None = typer.Option(None),
+) -> None:
+    """Show one dead letter's headers (and optionally its body)."""
+    from loyalty_kit.dlq import get_dead_letter
+
+    bootstrap, _ = _running_endpoints(stack_dir)
+    dl = asyncio.run(get_dead_letter(bootstrap, _check_service(service), dead_letter_id))
+    if dl is None:
+        _fail(StackError(f"no dead letter {dead_letter_id} for {service}"))
+        return
+    out: dict[str, Any] = {"summary": dl.summary(),
+                           "headers": {k: v.decode("utf-8", "replace") for k, v in dl.headers}}
+    if body:
+        out["body"] = (dl.value or b"").decode("utf-8", "replace")
+    typer.echo(json.dumps(out, indent=2))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    service: str = typer.Argument(...),
+    ids: list[str] = typer.Argument(None, help="Dead-letter ids; none with --all"),
+    all_: bool = typer.Option(False, "--all", help="Replay every dead letter of the service."),
+    stack_dir: Path | None = typer.Option(None),
+) -> None:
+    """Republish dead letters to their original topics with their original headers."""
+    from loyalty_kit.dlq import replay_dead_letters
+
+    if not ids and not all_:
+        raise typer.BadParameter("name dead-letter ids or pass --all")
+    bootstrap, _ = _running_endpoints(stack_dir)
+    try:
+        replayed = asyncio.run(replay_dead_letters(bootstrap, _check_service(service), "all" if all_ else ids))
+    except KeyError as exc:
+        _fail(StackError(str(exc.args[0])))
+        return
+    typer.echo(f"replayed {len(replayed)} dead letter(s) of {service}")
+
+
+@app.command("lag")
+def lag(stack_dir: Path | None = typer.Option(None)) -> None:
+    """Consumer lag per service group (messages not yet processed)."""
+    from .services import consumer_lag
+
+    bootstrap, _ = _running_endpoints(stack_dir)
+    for group, value in asyncio.run(consumer_lag(bootstrap, list(SERVICE_NAMES))).items():
+        typer.echo(f"{group:<10} {value}")
 
 
 def main() -> None:
