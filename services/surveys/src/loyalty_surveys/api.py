@@ -7,8 +7,6 @@
   ranking, a customer's feedback history and loyalty-account balance.
 """
 
-from __future__ import annotations
-
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -81,9 +79,10 @@ class ResponseRateOut(BaseModel):
     tenant: str
     requested: int
     answered: int
-    suppressed: int
-    skipped_recontact: int
-    response_rate: float | None = Field(description="answered / (requested − suppressed).")
+    suppressed: int = Field(description="Decided against by the notifier (contact budget, consent, cap).")
+    undelivered: int = Field(description="Tried by the notifier and failed.")
+    skipped_recontact: int = Field(description="Not sent: within the recontact period of another survey.")
+    response_rate: float | None = Field(description="answered / (requested − suppressed − undelivered).")
 
 
 class CaseOut(BaseModel):
@@ -198,7 +197,7 @@ def build_router(
         if result.reason == "unknown_request":
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such survey request")
         if not result.accepted:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=result.reason)
+            raise HTTPException(422, detail=result.reason)
         assert result.feedback_id is not None
         return AnswerOut(feedback_id=result.feedback_id, request_id=claims.request_id)
 
@@ -283,14 +282,19 @@ def build_router(
 
     @router.get("/{tenant}/response-rate", response_model=ResponseRateOut)
     async def response_rate(tenant: str, caller: Authed, survey_id: str | None = None) -> ResponseRateOut:
-        """Answered share of surveys that reached the customer (suppressed ones are not 'unanswered')."""
+        """Answered share of surveys that reached the customer (suppressed ones are not 'unanswered').
+
+        Counts surveys, not the follow-up questions that some answers lead to."""
         r = await db().fetchrow(
             """
-            SELECT count(*) FILTER (WHERE status IN ('requested', 'answered', 'suppressed')) AS requested,
+            SELECT count(*) FILTER (WHERE status IN ('requested', 'answered', 'suppressed', 'undelivered'))
+                       AS requested,
                    count(*) FILTER (WHERE status = 'answered') AS answered,
                    count(*) FILTER (WHERE status = 'suppressed') AS suppressed,
+                   count(*) FILTER (WHERE status = 'undelivered') AS undelivered,
                    count(*) FILTER (WHERE status = 'skipped_recontact') AS skipped
-            FROM survey_requests WHERE tenant = $1 AND ($2::text IS NULL OR survey_id = $2)
+            FROM survey_requests
+            WHERE tenant = $1 AND ($2::text IS NULL OR survey_id = $2) AND parent_feedback_id IS NULL
             """,
             tenant,
             survey_id,
@@ -301,8 +305,9 @@ def build_router(
             requested=r["requested"],
             answered=r["answered"],
             suppressed=r["suppressed"],
+            undelivered=r["undelivered"],
             skipped_recontact=r["skipped"],
-            response_rate=domain.response_rate(r["requested"], r["answered"], r["suppressed"]),
+            response_rate=domain.response_rate(r["requested"], r["answered"], r["suppressed"] + r["undelivered"]),
         )
 
     @router.get("/{tenant}/cases", response_model=CasesOut)

@@ -567,15 +567,20 @@ class SurveysHandlers:
     # --- the notifier's delivery reports (contact budget, consent, no contact) -------------------------
 
     async def _delivery_reports(self, ctx: Any, by_type: Mapping[str, list[Envelope]]) -> None:
-        rows: list[tuple[str, str, str]] = []
-        for ce_type in (notifier_events.NotificationFailed.ce_type(), "loyalty.NotificationSuppressed.v1"):
+        """A survey the notifier suppressed (contact budget, consent, cap) or could not deliver is recorded
+        as such, so it never counts as unanswered."""
+        rows: list[tuple[str, str, str, str]] = []
+        for ce_type, status in (
+            ("loyalty.NotificationSuppressed.v1", "suppressed"),
+            (notifier_events.NotificationFailed.ce_type(), "undelivered"),
+        ):
             for env in by_type.get(ce_type, []):
                 data = env.data
                 if getattr(data, "source_event_type", None) in REQUEST_EVENT_TYPES:
-                    rows.append((env.tenant, data.source_event_id, str(getattr(data, "reason", "suppressed"))))
-        suppressed = await store.suppress_by_source_event(ctx.conn, rows)
-        if suppressed:
-            log.info("survey requests recorded as suppressed", extra={"count": len(suppressed)})
+                    rows.append((env.tenant, data.source_event_id, status, str(getattr(data, "reason", status))))
+        changed = await store.mark_not_delivered(ctx.conn, rows)
+        if changed:
+            log.info("survey requests recorded as not delivered", extra={"count": len(changed)})
 
     # --- timers ---------------------------------------------------------------------------------------
 

@@ -272,22 +272,24 @@ async def set_request_status(
     )
 
 
-async def suppress_by_source_event(
-    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str]]
+async def mark_not_delivered(
+    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str]]
 ) -> list[tuple[str, str]]:
-    """(tenant, source event id, reason) from the notifier; requested surveys it never delivered.
+    """(tenant, source event id, status, reason) from the notifier's reports about our requests.
 
-    An answer that already came in wins (the customer got the link after all)."""
+    status is 'suppressed' (decided against on purpose: the contact budget, consent, frequency cap) or
+    'undelivered' (tried and failed). An answer that already came in wins (the link reached them after all).
+    """
     if not rows:
         return []
     updated = await conn.fetch(
         """
-        UPDATE survey_requests r SET status = 'suppressed', suppressed_reason = u.reason
-        FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant, source_event_id, reason)
+        UPDATE survey_requests r SET status = u.status, suppressed_reason = u.reason
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(tenant, source_event_id, status, reason)
         WHERE r.tenant = u.tenant AND r.source_event_id = u.source_event_id AND r.status = 'requested'
         RETURNING r.tenant, r.request_id
         """,
-        *_cols(rows, 3),
+        *_cols(rows, 4),
     )
     return [(r["tenant"], r["request_id"]) for r in updated]
 

@@ -26,7 +26,7 @@ CREATE TABLE orders (
 );
 
 -- One row per planned survey. status: pending → requested | skipped_recontact; requested → answered |
--- suppressed (the notifier could not or would not deliver it: the contact budget, consent, no contact).
+-- suppressed (the notifier decided against it: contact budget, consent, cap) | undelivered (it failed).
 CREATE TABLE survey_requests (
     tenant             text NOT NULL,
     request_id         text NOT NULL,
