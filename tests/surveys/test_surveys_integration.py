@@ -28,7 +28,6 @@ from loyalty_kit.testing import (
     running,
 )
 from loyalty_kit.topics import ensure_topics
-
 from loyalty_surveys.app import build_app
 
 from .helpers import EXAMPLE_PROGRAM
