@@ -72,6 +72,7 @@ class TenantNotifier:
     """Everything the handlers and the sender need for one tenant, as domain policies."""
 
     tenant: str
+    header: ProgramHeader
     display_name: str
     locales: tuple[str, ...]
     default_locale: str
@@ -181,6 +182,7 @@ def compile_tenant(header: ProgramHeader, program: NotifierProgram, file: Path) 
     templates_root = (file.parent / program.templates_dir).resolve()
     return TenantNotifier(
         tenant=header.tenant,
+        header=header,
         display_name=header.display_name,
         locales=tuple(header.locales),
         default_locale=header.default_locale,
@@ -275,7 +277,11 @@ def preview(programs_dir: str | Path, tenant: str, event_type: str, locale: str)
     tenants = load_tenants(programs_dir)
     if tenant not in tenants:
         raise KeyError(f"unknown tenant {tenant!r}; known: {sorted(tenants)}")
-    config = tenants[tenant]
+    return preview_tenant(tenants[tenant], event_type, locale)
+
+
+def preview_tenant(config: TenantNotifier, event_type: str, locale: str) -> RenderedMessage:
+    """`preview` for an already loaded tenant (the API's /preview)."""
     if locale not in config.locales:
         raise KeyError(f"locale {locale!r} is not one of {config.locales}")
     customer = sample_customer(locale)

@@ -7,6 +7,7 @@ passed in (event time in handlers, the sender's clock in the sender loop); rando
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -272,9 +273,14 @@ def plan_message(
     )
 
 
-def recipient_hash(recipient: str) -> str:
-    """What events carry instead of a contact (partners never see addresses)."""
-    return hashlib.sha256(recipient.strip().lower().encode()).hexdigest()
+def recipient_hash(recipient: str, key: bytes) -> str:
+    """What events carry instead of a contact: a keyed hash, so partners can correlate but never read it."""
+    return hmac.new(key, recipient.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+
+def notification_id(tenant: str, source_event_id: str, channel: Channel, recipient: str) -> str:
+    """Stable id of one (source event, recipient, channel) message; also the provider idempotency key."""
+    return str(uuid.uuid5(NOTIFIER_NAMESPACE, f"{tenant}/{source_event_id}/{channel.value}/{recipient}"))
 
 
 # ------------------------------------------------------------------------------------------------------------

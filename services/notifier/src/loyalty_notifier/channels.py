@@ -1,0 +1,211 @@
+"""The channels' real protocols: SMTP (aiosmtplib), a generic HTTP SMS provider, the Telegram Bot API's
+sendMessage, and Standard Webhooks. Each `send` returns a `SendResult`; classifying a failure as transient,
+unavailable or permanent is the only decision made here (what to do about it is the domain's)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import aiosmtplib
+import httpx
+
+from loyalty_notifier.domain import Channel, FailureKind, TokenBucket, new_bucket, take_token
+from loyalty_notifier.program import (
+    NotifierProgram,
+    SmsChannelConfig,
+    SmtpChannelConfig,
+    TelegramChannelConfig,
+    WebhookEndpointConfig,
+)
+from loyalty_notifier.signing import signature_header
+from loyalty_notifier.store import ClaimedDelivery
+
+
+@dataclass(frozen=True)
+class SendResult:
+    ok: bool
+    failure: FailureKind | None = None
+    detail: str = ""
+    status_code: int | None = None
+
+
+OK = SendResult(True)
+
+
+def classify_http(status: int) -> FailureKind:
+    if status == 429 or status >= 500 or status in (408, 425):
+        return FailureKind.TRANSIENT
+    return FailureKind.PERMANENT
+
+
+class RateLimiter:
+    """Per-provider token bucket (domain.take_token) on the monotonic clock."""
+
+    def __init__(self, rate_per_second: float) -> None:
+        self._bucket: TokenBucket = new_bucket(rate_per_second, time.monotonic())
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            self._bucket, wait = take_token(self._bucket, time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+def build_email(
+    cfg: SmtpChannelConfig, delivery: ClaimedDelivery, *, unsubscribe_url: str, unsubscribe_mailto: str | None
+) -> EmailMessage:
+    content = delivery.content
+    msg = EmailMessage()
+    msg["From"] = cfg.from_address
+    msg["To"] = delivery.recipient
+    msg["Subject"] = content["subject"]
+    # A stable Message-ID per notification: a duplicate (should one ever slip through) is recognisable.
+    domain = cfg.from_address.rsplit("@", 1)[-1].strip(" >") or "loyalty.invalid"
+    msg["Message-ID"] = make_msgid(idstring=delivery.notification_id.replace("-", ""), domain=domain)
+    targets = [f"<{unsubscribe_url}>"]
+    if unsubscribe_mailto:
+        targets.insert(0, f"<mailto:{unsubscribe_mailto}?subject=unsubscribe>")
+    msg["List-Unsubscribe"] = ", ".join(targets)
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["X-Loyalty-Notification"] = delivery.notification_id
+    msg.set_content(content["text"])
+    msg.add_alternative(content["html"], subtype="html")
+    return msg
+
+
+class ChannelSenders:
+    """Senders for one tenant's configured channels and webhook endpoints."""
+
+    def __init__(
+        self, program: NotifierProgram, http: httpx.AsyncClient, environ: dict[str, str] | None = None
+    ) -> None:
+        self.program = program
+        self.http = http
+        self.env = dict(os.environ) if environ is None else environ
+        ch = program.channels
+        self.limits: dict[str, RateLimiter] = {}
+        for name, cfg in (("email", ch.email), ("sms", ch.sms), ("telegram", ch.telegram)):
+            if cfg is not None:
+                self.limits[name] = RateLimiter(cfg.rate_per_second)
+        self.endpoints: dict[str, WebhookEndpointConfig] = {w.id: w for w in program.webhooks}
+        for w in program.webhooks:
+            self.limits[f"webhook:{w.id}"] = RateLimiter(w.rate_per_second)
+
+    def _secret(self, name: str | None) -> str | None:
+        return self.env.get(name) if name else None
+
+    async def send(self, delivery: ClaimedDelivery) -> SendResult:
+        try:
+            if delivery.channel is Channel.WEBHOOK:
+                endpoint = self.endpoints.get(delivery.endpoint_id or "")
+                if endpoint is None:
+                    return SendResult(False, FailureKind.PERMANENT, f"endpoint {delivery.endpoint_id!r} not configured")
+                await self.limits[f"webhook:{endpoint.id}"].acquire()
+                return await self.send_webhook(endpoint, delivery)
+            limiter = self.limits.get(delivery.channel.value)
+            if limiter is None:
+                return SendResult(False, FailureKind.UNAVAILABLE, f"channel {delivery.channel.value} not configured")
+            await limiter.acquire()
+            if delivery.channel is Channel.EMAIL:
+                assert self.program.channels.email is not None
+                return await self.send_email(self.program.channels.email, delivery)
+            if delivery.channel is Channel.SMS:
+                assert self.program.channels.sms is not None
+                return await self.send_sms(self.program.channels.sms, delivery)
+            assert self.program.channels.telegram is not None
+            return await self.send_telegram(self.program.channels.telegram, delivery)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return SendResult(False, FailureKind.UNAVAILABLE, f"connect: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return SendResult(False, FailureKind.TRANSIENT, f"http: {type(exc).__name__}: {exc}")
+
+    async def send_email(self, cfg: SmtpChannelConfig, delivery: ClaimedDelivery) -> SendResult:
+        message = build_email(
+            cfg,
+            delivery,
+            unsubscribe_url=delivery.content.get("unsubscribe_url", self.program.unsubscribe_url),
+            unsubscribe_mailto=self.program.unsubscribe_mailto,
+        )
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=cfg.host,
+                port=cfg.port,
+                start_tls=cfg.starttls,
+                use_tls=cfg.use_tls,
+                username=self._secret(cfg.username_env),
+                password=self._secret(cfg.password_env),
+                timeout=cfg.timeout_s,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return SendResult(False, FailureKind.PERMANENT, f"recipient refused: {len(exc.recipients)}")
+        except aiosmtplib.SMTPResponseException as exc:
+            kind = FailureKind.PERMANENT if 500 <= exc.code < 600 else FailureKind.TRANSIENT
+            return SendResult(False, kind, f"SMTP {exc.code}: {exc.message[:200]}", exc.code)
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError, ConnectionError, OSError) as exc:
+            return SendResult(False, FailureKind.UNAVAILABLE, f"SMTP unreachable: {type(exc).__name__}")
+        except (aiosmtplib.SMTPException, TimeoutError) as exc:
+            return SendResult(False, FailureKind.TRANSIENT, f"SMTP: {type(exc).__name__}")
+        return OK
+
+    async def send_sms(self, cfg: SmsChannelConfig, delivery: ClaimedDelivery) -> SendResult:
+        headers = {"Idempotency-Key": delivery.notification_id}
+        token = self._secret(cfg.token_env)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        response = await self.http.post(
+            cfg.url,
+            json={"to": delivery.recipient, "from": cfg.sender_id, "text": delivery.content["sms"]},
+            headers=headers,
+            timeout=cfg.timeout_s,
+        )
+        if response.is_success:
+            return SendResult(True, status_code=response.status_code)
+        code = response.status_code
+        return SendResult(False, classify_http(code), f"SMS provider HTTP {code}", code)
+
+    async def send_telegram(self, cfg: TelegramChannelConfig, delivery: ClaimedDelivery) -> SendResult:
+        token = self._secret(cfg.token_env) or ""
+        response = await self.http.post(
+            f"{cfg.base_url.rstrip('/')}/bot{token}/sendMessage",
+            json={"chat_id": delivery.recipient, "text": delivery.content["text"], "disable_web_page_preview": True},
+            timeout=cfg.timeout_s,
+        )
+        code = response.status_code
+        try:
+            ok = bool(response.json().get("ok"))
+        except (json.JSONDecodeError, AttributeError):
+            ok = False
+        if response.is_success and ok:
+            return SendResult(True, status_code=code)
+        return SendResult(
+            False, classify_http(code) if code != 200 else FailureKind.PERMANENT, f"Telegram HTTP {code}", code
+        )
+
+    async def send_webhook(self, endpoint: WebhookEndpointConfig, delivery: ClaimedDelivery) -> SendResult:
+        body = delivery.content["body"].encode()
+        secrets = [self.env.get(name, "") for name in endpoint.secret_envs]
+        secrets = [s for s in secrets if s]
+        if not secrets:
+            return SendResult(False, FailureKind.PERMANENT, "no webhook secret in the environment")
+        msg_id = delivery.content["webhook_id"]
+        timestamp = int(time.time())  # wall clock: receivers check freshness against their own clock
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(secrets, msg_id, timestamp, body),
+        }
+        response = await self.http.post(endpoint.url, content=body, headers=headers, timeout=endpoint.timeout_s)
+        code = response.status_code
+        if response.is_success:
+            return SendResult(True, status_code=code)
+        # Standard Webhooks: 410 Gone means "stop sending"; everything else non-2xx is retried.
+        return SendResult(False, FailureKind.PERMANENT if code == 410 else FailureKind.TRANSIENT, f"HTTP {code}", code)
