@@ -214,6 +214,7 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
         assert set(next(f for f in feedback if f.data.customer_id == "c-angry").data.themes) == {"delivery", "staff"}
         cases = {c.data.customer_id: c.data for c in await wait_events(reader, "DetractorCaseOpened", 2)}
         assert sorted(cases) == ["c-angry", "c-ignored"]
+        assert cases["c-angry"].queue == "logistics"  # courier → delivery theme → logistics queue
         assert cases["c-angry"].deadline_at > answered_at + timedelta(hours=8) - timedelta(seconds=1)
         dead = await reader.wait_for(1, where=lambda r: r.topic == app.dlq_topic, within_s=60)
         dlq_headers = dict(dead[0].headers or ())
@@ -240,7 +241,7 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
         [follow_up] = await wait_events(reader, "FollowUpRequested", 1)
         assert follow_up.data.customer_id == "c-happy" and follow_up.data.question_key == "follow_up_csat"
         [breach] = await wait_events(reader, "CaseDeadlineBreached", 1)
-        assert breach.data.case_id == cases["c-ignored"].case_id
+        assert breach.data.case_id == cases["c-ignored"].case_id and breach.data.queue == "logistics"
 
         # 6. You said, we did: exactly the customers who raised "delivery", once, even when the news is resent.
         shipped = env(

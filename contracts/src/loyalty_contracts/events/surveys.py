@@ -72,6 +72,9 @@ class DetractorCaseOpened(Event):
     feedback_id: Identifier = Field(description="Feedback that opened it.")
     score: int = Field(ge=0, le=10, description="The detractor score.")
     deadline_at: AwareDatetime = Field(description="Response deadline (business hours counted).")
+    queue: Identifier | None = Field(
+        default=None, description="Assignment queue chosen by the program's theme rules (e.g. 'logistics')."
+    )
 
 
 class CaseDeadlineBreached(Event):
@@ -82,6 +85,7 @@ class CaseDeadlineBreached(Event):
 
     case_id: Identifier = Field(description="The late case.")
     deadline_at: AwareDatetime = Field(description="The deadline that passed.")
+    queue: Identifier | None = Field(default=None, description="Assignment queue of the late case.")
 
 
 class LoopClosed(Event):

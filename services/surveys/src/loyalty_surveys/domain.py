@@ -549,6 +549,7 @@ class CaseState:
     opened_at: datetime
     deadline_at: datetime
     breached: bool
+    queue: str | None = None
 
 
 class UnknownCase(LookupError):

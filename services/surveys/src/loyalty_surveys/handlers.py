@@ -8,6 +8,7 @@ Timer handlers send due surveys, follow-ups and deadline escalations.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import defaultdict
@@ -459,6 +460,7 @@ class SurveysHandlers:
                         feedback_id=outcome.feedback_id,
                         score=answer.score if answer.score is not None else 0,
                         deadline_at=case.deadline_at,
+                        queue=case.queue,
                     ),
                     cause=answer.cause,
                     tenant=answer.tenant,
@@ -499,14 +501,7 @@ class SurveysHandlers:
                 log.info("case already resolved; no second loop closed", extra={"case_id": data.case_id})
                 continue
             assert current is not None
-            resolved_now[key] = domain.CaseState(
-                current.case_id,
-                current.customer_id,
-                domain.CaseStatus.RESOLVED,
-                current.opened_at,
-                current.deadline_at,
-                current.breached,
-            )
+            resolved_now[key] = dataclasses.replace(current, status=domain.CaseStatus.RESOLVED)
             seconds = int(resolution.time_to_resolve.total_seconds())
             updates.append(
                 (
@@ -722,6 +717,7 @@ class SurveysHandlers:
                     occurred_at=case.deadline_at,
                     case_id=case.case_id,
                     deadline_at=case.deadline_at,
+                    queue=case.queue,
                 ),
                 tenant=timer.tenant,
             )

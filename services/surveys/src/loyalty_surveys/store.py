@@ -450,6 +450,7 @@ async def cases_by_id(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]])
             opened_at=r["opened_at"],
             deadline_at=r["deadline_at"],
             breached=r["breached"],
+            queue=r["queue"],
         )
         for r in rows
     }
