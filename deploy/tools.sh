@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the offline deploy tests need, using package registries only, into a cache outside git:
 #   helm  -> .cache/bin/helm, built once from the Go module proxy (no prebuilt binary download)
-#   kubernetes-validate + jsonschema -> the uv dev group (`uv sync`)
+#   kubernetes-validate + jsonschema -> the uv dev group (`uv sync --frozen`)
 # Idempotent: a second run with the binary present does nothing. After it, tests need no network.
 set -euo pipefail
 
@@ -31,5 +31,5 @@ fi
 "$bin_dir/helm" version --short
 
 cd "$repo_root"
-uv sync --quiet
-uv run --quiet python -c "import kubernetes_validate, jsonschema; print('kubernetes-validate', kubernetes_validate.__version__ if hasattr(kubernetes_validate, '__version__') else 'ok')"
+uv sync --frozen --quiet
+uv run --frozen --quiet python -c "import kubernetes_validate, jsonschema; print('kubernetes-validate ok')"

@@ -28,3 +28,6 @@ if ! command -v uv >/dev/null; then
   export PATH="$PWD/.cache/tools/bin:$PATH"
 fi
 uv sync --frozen --quiet
+
+# Offline deploy tests (tests/deploy) need helm: built once from the Go module proxy into .cache/bin.
+bash deploy/tools.sh >/dev/null
