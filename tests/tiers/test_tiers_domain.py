@@ -366,6 +366,7 @@ def test_walk_balance_matches_reference_at_boundaries() -> None:
 
 def test_tier_reached_between_events_is_kept_under_policy_none() -> None:
     p = program(downgrade={"policy": "none"}, window={"kind": "rolling_days", "days": 90})
-    facts = [purchase("p1", at(0), "o1", ("a", "tools", 1, 5000)), purchase("p2", at(10), "o2", ("a", "tools", 1, 6000))]
+    facts = [purchase("p1", at(0), "o1", ("a", "tools", 1, 5000)),
+             purchase("p2", at(10), "o2", ("a", "tools", 1, 6000))]
     state = evaluate(p, "c1", derive_ledger(p, facts), at(200))
     assert (state.points, p.ladder[state.tier].id, state.since) == (0, "maker", at(10))

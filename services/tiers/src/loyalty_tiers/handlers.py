@@ -1,0 +1,272 @@
+"""Thin handlers: decode → domain → persist → emit, one batch at a time (multi-row SQL per batch).
+
+One batch handler serves every consumed event type: it turns envelopes into domain facts, groups them by
+tenant and customer, loads those customers' facts, ledger and status in three queries, runs the pure domain
+per customer, and writes facts, ledger revisions, statuses and history in four multi-row statements. The
+check timer (``tiers.check``) runs the same path with no new facts at the timer's due time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from loyalty_contracts.base import Event
+from loyalty_contracts.envelope import Envelope
+from loyalty_contracts.events.referrals import ReferralRewardGranted, ReferralRewardRevoked
+from loyalty_contracts.events.retail import (
+    CommunityActivity,
+    PurchaseMade,
+    PurchaseRefunded,
+    ReviewLeft,
+    SurveyAnswered,
+)
+from loyalty_contracts.events.tiers import Perk, TierChanged, TierDowngradeScheduled, TierProgressMilestone
+from loyalty_kit.batch import BatchContext
+from loyalty_kit.effects import EffectContext
+from loyalty_kit.timers import Timer, TimerContext
+
+from loyalty_tiers import domain, store
+from loyalty_tiers.program import TiersProgram
+
+CONSUMED_TYPES: tuple[str, ...] = tuple(
+    cls.ce_type()
+    for cls in (PurchaseMade, PurchaseRefunded, ReviewLeft, ReferralRewardGranted, ReferralRewardRevoked,
+                SurveyAnswered, CommunityActivity)
+)
+CHECK_TIMER = "tiers.check"
+
+
+@dataclass(frozen=True)
+class TenantRules:
+    """A tenant's tiers program plus what the header adds (time zone, default locale, currency)."""
+
+    program: TiersProgram
+    zone: ZoneInfo
+    default_locale: str
+    currency: str
+
+
+class UnknownTenant(Exception):
+    pass
+
+
+def to_fact(env: Envelope) -> domain.Fact | None:
+    """The domain's view of a consumed event; None for events that carry no status points."""
+    data = env.data
+    if isinstance(data, PurchaseMade):
+        return domain.Purchase(
+            env.id, data.occurred_at, data.order_id, data.total.currency,
+            tuple(domain.PurchaseLine(ln.line_id, ln.category, ln.quantity, ln.unit_price.amount_minor)
+                  for ln in data.lines),
+        )
+    if isinstance(data, PurchaseRefunded):
+        return domain.Refund(env.id, data.occurred_at, data.order_id, data.refund_id, data.full,
+                             tuple((ln.line_id, ln.quantity) for ln in data.lines))
+    if isinstance(data, ReviewLeft):
+        return domain.Review(env.id, data.occurred_at, data.review_id, data.sku, data.text_length, data.has_photo)
+    if isinstance(data, ReferralRewardGranted):
+        if data.kind != "points":
+            return None  # coupons and perks are not status points
+        return domain.ReferralGrant(env.id, data.occurred_at, data.reward_id, data.beneficiary_role,
+                                    data.points or 0)
+    if isinstance(data, ReferralRewardRevoked):
+        if data.kind != "points":
+            return None
+        return domain.ReferralRevoke(env.id, data.occurred_at, data.reward_id, data.beneficiary_role)
+    if isinstance(data, SurveyAnswered):
+        return domain.SurveyAnswer(env.id, data.occurred_at, data.request_id)
+    if isinstance(data, CommunityActivity):
+        return domain.Community(env.id, data.occurred_at, data.activity_id, data.kind)
+    raise TypeError(f"tiers does not handle {env.type}")
+
+
+# --- outgoing events ----------------------------------------------------------------------------------
+
+
+def _names(program: TiersProgram, tier_id: str) -> dict[str, str]:
+    for tier in program.ladder:
+        if tier.id == tier_id:
+            return dict(tier.name)
+    return {}
+
+
+def _perks(rules: TenantRules, tier_id: str) -> list[Perk]:
+    for tier in rules.program.ladder:
+        if tier.id == tier_id:
+            return [
+                Perk(perk_id=p.id, kind=p.kind, name=p.name.get(rules.default_locale) or next(iter(p.name.values())),
+                     names=dict(p.name), descriptions=dict(p.description))
+                for p in tier.perks
+            ]
+    return []
+
+
+def to_event(rules: TenantRules, customer_id: str, effect: domain.Effect, as_of: datetime) -> Event:
+    program = rules.program
+    if isinstance(effect, domain.TierChange):
+        return TierChanged(
+            customer_id=customer_id, occurred_at=effect.effective_at, from_tier=effect.from_tier,
+            to_tier=effect.to_tier, direction=effect.direction, reason=effect.reason,
+            effective_at=effect.effective_at, perks=_perks(rules, effect.to_tier), points=max(0, effect.points),
+            from_tier_names=_names(program, effect.from_tier), to_tier_names=_names(program, effect.to_tier),
+            program_version=program.version,
+        )
+    if isinstance(effect, domain.Milestone):
+        return TierProgressMilestone(
+            customer_id=customer_id, occurred_at=as_of, tier=effect.tier, next_tier=effect.next_tier,
+            fraction=float(effect.fraction), points=max(0, effect.points), points_needed=effect.points_needed,
+            next_tier_names=_names(program, effect.next_tier),
+        )
+    return TierDowngradeScheduled(
+        customer_id=customer_id, occurred_at=as_of, from_tier=effect.from_tier, to_tier=effect.to_tier,
+        effective_at=effect.effective_at, points_needed=effect.points_needed,
+        from_tier_names=_names(program, effect.from_tier), to_tier_names=_names(program, effect.to_tier),
+    )
+
+
+def timer_key(tenant: str, customer_id: str, due_at: datetime) -> str:
+    # The due time is part of the key: the kit deletes a fired timer's row by id after the handler, so a
+    # follow-up check scheduled under the same key from inside the handler would be deleted with it.
+    return f"{tenant}/{due_at.isoformat()}/{customer_id}"
+
+
+# --- the shared path ------------------------------------------------------------------------------------
+
+
+@dataclass
+class AppliedCounts:
+    customers: int = 0
+    tier_changes: int = 0
+    milestones: int = 0
+    notices: int = 0
+
+
+async def apply_customers(
+    ctx: EffectContext,
+    tenant: str,
+    rules: TenantRules,
+    new_facts: Mapping[str, Sequence[tuple[domain.Fact, Envelope | None]]],
+    evaluate_at: Mapping[str, datetime] | None = None,
+    *,
+    recalculating: bool = False,
+) -> AppliedCounts:
+    """Bring these customers up to date: new facts in, ledger revisions, status, history, events, timers."""
+    program = rules.program
+    evaluate_at = evaluate_at or {}
+    customers = sorted(set(new_facts) | set(evaluate_at))
+    counts = AppliedCounts(customers=len(customers))
+    if not customers:
+        return counts
+    conn = ctx.conn
+    stored = await store.load_customers(conn, tenant, customers)
+    known_facts = await store.load_facts(conn, tenant, customers)
+    existing = [c for c in customers if c in stored]
+    ledger = await store.load_ledger(conn, tenant, existing, program.version) if existing else {}
+
+    fact_rows: list[tuple[str, domain.Fact]] = []
+    ledger_rows: list[tuple[str, int, domain.Entry]] = []
+    customer_rows: list[store.CustomerRow] = []
+    history_rows: list[store.HistoryRow] = []
+    for customer_id in customers:
+        facts = known_facts.get(customer_id, [])
+        seen = {f.event_id for f in facts}
+        cause: Envelope | None = None
+        times = []
+        for fact, env in new_facts.get(customer_id, ()):
+            cause = env or cause
+            if fact.event_id in seen:
+                continue
+            seen.add(fact.event_id)
+            facts.append(fact)
+            fact_rows.append((customer_id, fact))
+            times.append(fact.occurred_at)
+        before = stored.get(customer_id)
+        if customer_id in evaluate_at:
+            times.append(evaluate_at[customer_id])
+        if before is not None:
+            times.append(before.as_of)
+        if not times:
+            continue
+        as_of = max(times)
+        snapshot = before.snapshot() if before is not None else None
+        if recalculating or (before is not None and before.program_version != program.version):
+            outcome = domain.recalculate(program, customer_id, facts, snapshot, as_of, rules.zone)
+        else:
+            outcome = domain.process(program, customer_id, facts, snapshot, as_of, rules.zone)
+        fact_rows.extend((customer_id, f) for f in outcome.new_facts)
+
+        for entry in outcome.entries:
+            prior = ledger.get((customer_id, entry.entry_id))
+            if prior is None:
+                ledger_rows.append((customer_id, 1, entry))
+            elif prior.entry != entry:
+                ledger_rows.append((customer_id, prior.revision + 1, entry))
+
+        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot)
+        customer_rows.append(row)
+        for effect in outcome.effects:
+            event = to_event(rules, customer_id, effect, as_of)
+            if cause is not None:
+                ctx.emit(event, cause=cause)
+            else:
+                ctx.emit(event, tenant=tenant)
+            if isinstance(effect, domain.TierChange):
+                counts.tier_changes += 1
+                history_rows.append(store.HistoryRow(
+                    customer_id, effect.from_tier, effect.to_tier, effect.direction, effect.reason,
+                    effect.effective_at, effect.points, program.version,
+                ))
+            elif isinstance(effect, domain.Milestone):
+                counts.milestones += 1
+            else:
+                counts.notices += 1
+
+        old_check = before.next_check_at if before is not None else None
+        new_check = row.next_check_at
+        if new_check != old_check:
+            if old_check is not None:
+                await ctx.cancel(CHECK_TIMER, timer_key(tenant, customer_id, old_check))
+            if new_check is not None:
+                await ctx.schedule(CHECK_TIMER, timer_key(tenant, customer_id, new_check), new_check,
+                                   {"customer_id": customer_id}, tenant)
+
+    await store.insert_facts(conn, tenant, fact_rows)
+    await store.append_ledger(conn, tenant, program.version, ledger_rows)
+    await store.upsert_customers(conn, tenant, customer_rows)
+    await store.insert_history(conn, tenant, history_rows)
+    return counts
+
+
+class TiersHandlers:
+    """The service's handlers, bound to the tenants' programs."""
+
+    def __init__(self, rules: Mapping[str, TenantRules]) -> None:
+        self.rules = rules
+
+    def rules_for(self, tenant: str) -> TenantRules:
+        try:
+            return self.rules[tenant]
+        except KeyError:
+            raise UnknownTenant(f"no tiers program for tenant {tenant!r}") from None
+
+    async def on_batch(self, ctx: BatchContext) -> None:
+        by_tenant: dict[str, dict[str, list[tuple[domain.Fact, Envelope | None]]]] = {}
+        for env in ctx.events:
+            fact = to_fact(env)
+            if fact is None:
+                continue
+            by_tenant.setdefault(env.tenant, {}).setdefault(env.data.customer_id, []).append((fact, env))
+        for tenant, per_customer in by_tenant.items():
+            await apply_customers(ctx, tenant, self.rules_for(tenant), per_customer)
+
+    async def on_check(self, ctx: TimerContext, timers: list[Timer]) -> None:
+        by_tenant: dict[str, dict[str, datetime]] = {}
+        for timer in timers:
+            customer_id = str(timer.payload["customer_id"])
+            due = by_tenant.setdefault(timer.tenant, {})
+            due[customer_id] = max(timer.due_at, due.get(customer_id, timer.due_at))
+        for tenant, evaluate_at in by_tenant.items():
+            await apply_customers(ctx, tenant, self.rules_for(tenant), {}, evaluate_at)

@@ -1,0 +1,267 @@
+"""Postgres access for the tiers schema: multi-row reads and writes per batch, never one query per event."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from loyalty_tiers.domain import (
+    Entry,
+    Fact,
+    PendingDowngrade,
+    Snapshot,
+    TierState,
+    fact_from_json,
+    fact_kind,
+    fact_to_json,
+)
+from loyalty_tiers.program import TiersProgram
+
+
+class ProgramVersionConflict(Exception):
+    """A program version's content changed after it was registered: the retailer must bump the version."""
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRow:
+    customer_id: str
+    program_version: int
+    tier: str
+    since: datetime | None
+    reason: str
+    points: int
+    as_of: datetime
+    pending_to: str | None
+    pending_effective_at: datetime | None
+    pending_notice_at: datetime | None
+    milestones: tuple[str, ...]
+    notice_for: datetime | None
+    next_check_at: datetime | None
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.tier, frozenset(Decimal(m) for m in self.milestones), self.notice_for)
+
+    @staticmethod
+    def of(customer_id: str, program: TiersProgram, state: TierState, snapshot: Snapshot) -> CustomerRow:
+        pending: PendingDowngrade | None = state.pending
+        return CustomerRow(
+            customer_id=customer_id,
+            program_version=program.version,
+            tier=program.ladder[state.tier].id,
+            since=state.since,
+            reason=state.reason,
+            points=state.points,
+            as_of=state.as_of,
+            pending_to=program.ladder[pending.to_tier].id if pending else None,
+            pending_effective_at=pending.effective_at if pending else None,
+            pending_notice_at=pending.notice_at if pending else None,
+            milestones=tuple(sorted(str(m) for m in snapshot.milestones)),
+            notice_for=snapshot.notice_for,
+            next_check_at=state.next_check_at,
+        )
+
+
+_CUSTOMER_COLUMNS = (
+    "customer_id, program_version, tier, since, reason, points, as_of, pending_to, pending_effective_at, "
+    "pending_notice_at, milestones, notice_for, next_check_at"
+)
+
+
+def _customer(row: asyncpg.Record) -> CustomerRow:
+    return CustomerRow(**{k: (tuple(v) if k == "milestones" else v) for k, v in row.items()})
+
+
+async def load_customers(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> dict[str, CustomerRow]:
+    rows = await conn.fetch(
+        f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE tenant = $1 AND customer_id = ANY($2::text[])",
+        tenant, list(customers),
+    )
+    return {r["customer_id"]: _customer(r) for r in rows}
+
+
+async def load_customer(conn: asyncpg.Connection, tenant: str, customer_id: str) -> CustomerRow | None:
+    return (await load_customers(conn, tenant, [customer_id])).get(customer_id)
+
+
+async def upsert_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence[CustomerRow]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        f"""
+        INSERT INTO customers (tenant, {_CUSTOMER_COLUMNS}, updated_at)
+        SELECT $1, c, v, t, s, r, p, a, pt, pe, pn, m::text[], nf, nc, now() FROM unnest(
+            $2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::text[], $7::int[], $8::timestamptz[],
+            $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], $14::timestamptz[]
+        ) AS u(c, v, t, s, r, p, a, pt, pe, pn, m, nf, nc)
+        ON CONFLICT (tenant, customer_id) DO UPDATE SET
+            program_version = EXCLUDED.program_version, tier = EXCLUDED.tier, since = EXCLUDED.since,
+            reason = EXCLUDED.reason, points = EXCLUDED.points, as_of = EXCLUDED.as_of,
+            pending_to = EXCLUDED.pending_to, pending_effective_at = EXCLUDED.pending_effective_at,
+            pending_notice_at = EXCLUDED.pending_notice_at, milestones = EXCLUDED.milestones,
+            notice_for = EXCLUDED.notice_for, next_check_at = EXCLUDED.next_check_at, updated_at = now()
+        """,
+        tenant,
+        [r.customer_id for r in rows], [r.program_version for r in rows], [r.tier for r in rows],
+        [r.since for r in rows], [r.reason for r in rows], [r.points for r in rows], [r.as_of for r in rows],
+        [r.pending_to for r in rows], [r.pending_effective_at for r in rows], [r.pending_notice_at for r in rows],
+        # unnest flattens arrays of arrays, so milestones travel as a '{...}' literal per row.
+        ["{" + ",".join(r.milestones) + "}" for r in rows],
+        [r.notice_for for r in rows], [r.next_check_at for r in rows],
+    )
+
+
+async def load_facts(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> dict[str, list[Fact]]:
+    rows = await conn.fetch(
+        "SELECT customer_id, body::text AS body FROM facts WHERE tenant = $1 AND customer_id = ANY($2::text[])",
+        tenant, list(customers),
+    )
+    out: dict[str, list[Fact]] = {}
+    for r in rows:
+        out.setdefault(r["customer_id"], []).append(fact_from_json(json.loads(r["body"])))
+    return out
+
+
+async def insert_facts(conn: asyncpg.Connection, tenant: str, rows: Sequence[tuple[str, Fact]]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO facts (tenant, customer_id, event_id, kind, occurred_at, body) "
+        "SELECT $1, c, e, k, t, b::jsonb FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], "
+        "$6::text[]) AS u(c, e, k, t, b) ON CONFLICT DO NOTHING",
+        tenant,
+        [c for c, _ in rows], [f.event_id for _, f in rows], [fact_kind(f) for _, f in rows],
+        [f.occurred_at for _, f in rows], [json.dumps(fact_to_json(f)) for _, f in rows],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    revision: int
+    entry: Entry
+
+
+_ENTRY_COLUMNS = "entry_id, activity, points, counts_from, expires_at, rule, ref"
+
+
+def _entry(r: asyncpg.Record) -> Entry:
+    return Entry(r["entry_id"], r["activity"], r["points"], r["counts_from"], r["expires_at"], r["rule"], r["ref"])
+
+
+async def load_ledger(
+    conn: asyncpg.Connection, tenant: str, customers: Sequence[str], version: int
+) -> dict[tuple[str, str], StoredEntry]:
+    """Latest revision of every entry of these customers under one program version."""
+    rows = await conn.fetch(
+        f"SELECT DISTINCT ON (customer_id, entry_id) customer_id, revision, {_ENTRY_COLUMNS} FROM ledger "
+        "WHERE tenant = $1 AND customer_id = ANY($2::text[]) AND program_version = $3 "
+        "ORDER BY customer_id, entry_id, revision DESC",
+        tenant, list(customers), version,
+    )
+    return {(r["customer_id"], r["entry_id"]): StoredEntry(r["revision"], _entry(r)) for r in rows}
+
+
+async def customer_ledger(
+    conn: asyncpg.Connection, tenant: str, customer_id: str, version: int, limit: int
+) -> list[tuple[int, Entry, datetime]]:
+    """One customer's current entries (latest revision), newest first, with when they were recorded."""
+    rows = await conn.fetch(
+        f"SELECT * FROM (SELECT DISTINCT ON (entry_id) revision, recorded_at, {_ENTRY_COLUMNS} FROM ledger "
+        "WHERE tenant = $1 AND customer_id = $2 AND program_version = $3 ORDER BY entry_id, revision DESC) x "
+        "ORDER BY counts_from DESC, entry_id LIMIT $4",
+        tenant, customer_id, version, limit,
+    )
+    return [(r["revision"], _entry(r), r["recorded_at"]) for r in rows]
+
+
+async def append_ledger(
+    conn: asyncpg.Connection, tenant: str, version: int, rows: Sequence[tuple[str, int, Entry]]
+) -> None:
+    """Append (customer_id, revision, entry) rows."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO ledger (tenant, program_version, customer_id, revision, entry_id, activity, points, "
+        "counts_from, expires_at, rule, ref) SELECT $1, $2, u.* FROM unnest($3::text[], $4::int[], $5::text[], "
+        "$6::text[], $7::int[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[]) AS u",
+        tenant, version,
+        [c for c, _, _ in rows], [rev for _, rev, _ in rows], [e.entry_id for _, _, e in rows],
+        [e.activity for _, _, e in rows], [e.points for _, _, e in rows], [e.counts_from for _, _, e in rows],
+        [e.expires_at for _, _, e in rows], [e.rule for _, _, e in rows], [e.ref for _, _, e in rows],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    customer_id: str
+    from_tier: str
+    to_tier: str
+    direction: str
+    reason: str
+    effective_at: datetime
+    points: int
+    program_version: int
+
+
+async def insert_history(conn: asyncpg.Connection, tenant: str, rows: Sequence[HistoryRow]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO tier_history (tenant, customer_id, from_tier, to_tier, direction, reason, effective_at, "
+        "points, program_version) SELECT $1, u.* FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], "
+        "$6::text[], $7::timestamptz[], $8::int[], $9::int[]) AS u",
+        tenant,
+        [r.customer_id for r in rows], [r.from_tier for r in rows], [r.to_tier for r in rows],
+        [r.direction for r in rows], [r.reason for r in rows], [r.effective_at for r in rows],
+        [r.points for r in rows], [r.program_version for r in rows],
+    )
+
+
+async def history(conn: asyncpg.Connection, tenant: str, customer_id: str, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT from_tier, to_tier, direction, reason, effective_at, points, program_version, recorded_at "
+        "FROM tier_history WHERE tenant = $1 AND customer_id = $2 ORDER BY id DESC LIMIT $3",
+        tenant, customer_id, limit,
+    )
+
+
+async def distribution(conn: asyncpg.Connection, tenant: str) -> dict[str, int]:
+    rows = await conn.fetch("SELECT tier, count(*) AS n FROM customers WHERE tenant = $1 GROUP BY tier", tenant)
+    return {r["tier"]: r["n"] for r in rows}
+
+
+async def register_program(conn: asyncpg.Connection, tenant: str, program: TiersProgram) -> bool:
+    """Record a program version; True when new. Raises ProgramVersionConflict if its content changed."""
+    fingerprint = program.fingerprint()
+    inserted = await conn.fetchval(
+        "INSERT INTO program_versions (tenant, version, fingerprint, program) VALUES ($1, $2, $3, $4::jsonb) "
+        "ON CONFLICT (tenant, version) DO NOTHING RETURNING true",
+        tenant, program.version, fingerprint, program.model_dump_json(),
+    )
+    if inserted:
+        return True
+    known = await conn.fetchval(
+        "SELECT fingerprint FROM program_versions WHERE tenant = $1 AND version = $2", tenant, program.version
+    )
+    if known != fingerprint:
+        raise ProgramVersionConflict(
+            f"tenant {tenant}: tiers.version {program.version} was already used for a different tiers section; "
+            f"changing thresholds or rules needs a new version (e.g. {program.version + 1}), "
+            "then `loyalty tiers recalc` replays ledgers under it"
+        )
+    return False
+
+
+async def customers_to_recalculate(
+    conn: asyncpg.Connection, tenant: str, version: int, after: str, limit: int, force: bool
+) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT customer_id FROM customers WHERE tenant = $1 AND customer_id > $2 "
+        "AND ($5 OR program_version <> $3) ORDER BY customer_id LIMIT $4",
+        tenant, after, version, limit, force,
+    )
+    return [r["customer_id"] for r in rows]
