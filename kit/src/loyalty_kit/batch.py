@@ -120,15 +120,11 @@ class BatchProcessor:
                 context=context_from_traceparent(env.traceparent),
                 kind=SpanKind.CONSUMER,
                 attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation": "process",
-                    "messaging.destination.name": rec.topic,
+                    # Kept short: this runs per event. Topic, service and batch size are on the batch span.
+                    "messaging.message.id": env.id,
                     "messaging.kafka.destination.partition": rec.partition,
                     "messaging.kafka.message.offset": rec.offset,
-                    "messaging.message.id": env.id,
                     "cloudevents.event_type": env.type,
-                    "loyalty.tenant": env.tenant,
-                    "loyalty.service": self.service,
                 },
             )
             items.append(_Item(rec, env, span, traceparent_of(span) or env.traceparent))

@@ -140,25 +140,28 @@ class OutboxRelay:
                     await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock_key)
 
     async def drain(self, conn: asyncpg.Connection) -> int:
-        """Publish and delete every unpublished row (in id order); returns the number published."""
+        """Publish and delete every unpublished row (in id order); returns the number published.
+
+        Each round deletes a slice of rows inside a transaction, publishes them and commits only after
+        Kafka acknowledged all of them: a crash or a Kafka error rolls the delete back, so the rows stay
+        and are published again (at least once; consumers' inboxes drop the duplicates).
+        """
         published = 0
         while True:
-            rows = await conn.fetch(
-                "SELECT id, topic, key, headers, value FROM outbox ORDER BY id LIMIT $1",
-                self.batch_rows,
-            )
-            if not rows:
-                if self.metrics:
-                    self.metrics.outbox_backlog.set(0)
-                return published
-            futures = [
-                await self.producer.send(
-                    r["topic"], value=r["value"], key=r["key"], headers=_headers_from_json(r["headers"])
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1) "
+                    "RETURNING id, topic, key, headers, value",
+                    self.batch_rows,
                 )
-                for r in rows
-            ]
-            await asyncio.gather(*futures)
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+                rows.sort(key=lambda r: r["id"])  # RETURNING has no order; publish in id order
+                futures = [
+                    await self.producer.send(
+                        r["topic"], value=r["value"], key=r["key"], headers=_headers_from_json(r["headers"])
+                    )
+                    for r in rows
+                ]
+                await asyncio.gather(*futures)
             published += len(rows)
             self.published_total += len(rows)
             if self.metrics:

@@ -45,6 +45,7 @@ from loyalty_kit.dlq import dlq_topic_name
 from loyalty_kit.logs import configure_logging
 from loyalty_kit.metrics import KitMetrics
 from loyalty_kit.outbox import OutboxRelay, make_producer
+from loyalty_kit.runtime import tune_gc
 from loyalty_kit.settings import ServiceSettings
 from loyalty_kit.telemetry import make_tracer_provider
 from loyalty_kit.timers import TimerHandler, TimerLoop, count_due
@@ -211,9 +212,10 @@ class ServiceApp:
                 KafkaTelemetryMiddleware(tracer_provider=self.tracer_provider),
                 KafkaPrometheusMiddleware(registry=self.metrics.registry, app_name=self.name),
             ]
-        broker = KafkaBroker(
-            s.kafka_bootstrap, middlewares=middlewares, logger=logging.getLogger(f"faststream.{self.name}")
-        )
+        broker_logger = logging.getLogger(f"faststream.{self.name}")
+        # FastStream logs every batch at INFO ("Received"/"Processed"); the kit logs what matters itself.
+        broker_logger.setLevel(max(logging.WARNING, logging.getLogger().level))
+        broker = KafkaBroker(s.kafka_bootstrap, middlewares=middlewares, logger=broker_logger)
         subscriber = broker.subscriber(
             *self.consumed_topics,
             group_id=s.group_id,
@@ -370,6 +372,7 @@ class ServiceApp:
         import uvicorn
 
         configure_logging(self.name, self.settings.log_level)
+        tune_gc()
         uvicorn.run(
             self.asgi(), host=self.settings.http_host, port=self.settings.http_port, log_config=None,
             access_log=False,

@@ -11,6 +11,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -18,15 +19,22 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def make_tracer_provider(service: str, otlp_endpoint: str | None = None) -> TracerProvider:
-    """A tracer provider for a service; exports over OTLP/HTTP when an endpoint is configured."""
-    provider = TracerProvider(resource=Resource.create({"service.name": f"loyalty-{service}"}))
-    if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    """A tracer provider for a service; exports over OTLP/HTTP when an endpoint is configured.
 
-        endpoint = otlp_endpoint.rstrip("/")
-        if not endpoint.endswith("/v1/traces"):
-            endpoint += "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    Without an endpoint nothing would ever read the spans, so they are not sampled: each consumed event
+    still gets its own span id (emitted events still carry a traceparent in the consumed event's trace),
+    but no attributes are recorded, which keeps the per-event cost to a few microseconds.
+    """
+    resource = Resource.create({"service.name": f"loyalty-{service}"})
+    if not otlp_endpoint:
+        return TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    endpoint = otlp_endpoint.rstrip("/")
+    if not endpoint.endswith("/v1/traces"):
+        endpoint += "/v1/traces"
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     return provider
 
 

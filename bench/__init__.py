@@ -1,0 +1,1 @@
+"""Benchmark commands (print numbers; never timed tests)."""
