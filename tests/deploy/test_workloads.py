@@ -150,6 +150,7 @@ def test_migration_job_runs_before_upgrades_as_the_service_role(
     env = env_of(container)
     assert env["LOYALTY_PG_DSN"].startswith(f"postgresql://{service}@")
     assert env["PGPASSWORD"]["secretKeyRef"]["name"] == f"loyalty-{service}-db"
+    assert not [name for name in env if "KAFKA" in name]  # it must not wait for Kafka credentials
 
 
 def test_observability_is_configurable(helm: str) -> None:

@@ -92,7 +92,8 @@ app.kubernetes.io/component: {{ .service }}
 {{- end -}}
 
 {{/*
-Environment shared by a service's Deployment and its migrations Job; call with (dict "root" $ "service" s).
+Environment shared by a service's Deployment and its migrations Job; call with (dict "root" $ "service" s),
+adding "migrationsOnly" true for the Job, which needs Postgres but not Kafka.
 Passwords come from Secrets by reference: PGPASSWORD (libpq/asyncpg read it when the DSN has none) and the
 Strimzi-generated KafkaUser secret.
 */}}
@@ -106,6 +107,7 @@ Strimzi-generated KafkaUser secret.
   value: "8080"
 - name: LOYALTY_PROGRAMS_DIR
   value: /etc/loyalty/programs
+{{- if not .migrationsOnly }}
 - name: LOYALTY_KAFKA_BOOTSTRAP
   value: {{ include "loyalty.kafkaBootstrap" $root | quote }}
 - name: LOYALTY_CONSUMER_GROUP
@@ -133,6 +135,7 @@ Strimzi-generated KafkaUser secret.
 - name: LOYALTY_KAFKA_SSL_KEYFILE
   value: /etc/loyalty/kafka-user/user.key
 {{- end }}
+{{- end }}{{/* not migrationsOnly */}}
 - name: PGPASSWORD
   valueFrom:
     secretKeyRef:
