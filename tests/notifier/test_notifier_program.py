@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 from loyalty_kit.programs import ProgramFileInvalid
-
 from loyalty_notifier.config import load_tenants, missing_secrets, preview
 from loyalty_notifier.signing import (
     WebhookSecretError,
