@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -66,6 +66,42 @@ async def schedule_timer(
     )
 
 
+async def schedule_timers(
+    conn: asyncpg.Connection,
+    timers: Sequence[tuple[str, str, datetime, Mapping[str, Any] | None, str]],
+    *,
+    replace: bool = True,
+) -> None:
+    """Create many timers ``(kind, key, due_at, payload, tenant)`` in one statement (batch handlers).
+
+    Same semantics as ``schedule_timer`` per row; within one call a repeated (kind, key) keeps the last row.
+    """
+    latest: dict[tuple[str, str], tuple[str, str, datetime, Mapping[str, Any] | None, str]] = {}
+    for timer in timers:
+        if timer[2].tzinfo is None:
+            raise ValueError("due_at must be timezone-aware")
+        latest[(timer[0], timer[1])] = timer
+    if not latest:
+        return
+    rows = list(latest.values())
+    conflict = (
+        "DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, tenant = EXCLUDED.tenant, "
+        "attempts = 0, retry_at = NULL, last_error = NULL"
+        if replace
+        else "DO NOTHING"
+    )
+    await conn.execute(
+        "INSERT INTO timers (tenant, kind, key, due_at, payload) "
+        "SELECT t, k, y, d, p::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) "
+        f"AS u(t, k, y, d, p) ON CONFLICT (kind, key) {conflict}",
+        [r[4] for r in rows],
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [json.dumps(dict(r[3] or {})) for r in rows],
+    )
+
+
 async def cancel_timer(conn: asyncpg.Connection, kind: str, key: str) -> bool:
     status = await conn.execute("DELETE FROM timers WHERE kind = $1 AND key = $2", kind, key)
     return status != "DELETE 0"
@@ -122,6 +158,15 @@ class EffectContext:
         await schedule_timer(
             self.conn, kind=kind, key=key, due_at=due_at, payload=payload, tenant=tenant, replace=replace
         )
+
+    async def schedule_many(
+        self,
+        timers: Sequence[tuple[str, str, datetime, Mapping[str, Any] | None, str]],
+        *,
+        replace: bool = True,
+    ) -> None:
+        """Many ``(kind, key, due_at, payload, tenant)`` timers in one round trip (no per-event statements)."""
+        await schedule_timers(self.conn, timers, replace=replace)
 
     async def cancel(self, kind: str, key: str) -> bool:
         return await cancel_timer(self.conn, kind, key)

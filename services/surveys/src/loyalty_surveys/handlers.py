@@ -306,11 +306,13 @@ class SurveysHandlers:
                     )
                 )
         new = await store.insert_pending_requests(conn, rows)
-        for row in rows:
-            if (row.tenant, row.request_id) in new:
-                await ctx.schedule(
-                    SURVEY_DUE, f"{row.tenant}/{row.request_id}", row.due_at, {"request_id": row.request_id}, row.tenant
-                )
+        await ctx.schedule_many(
+            [
+                (SURVEY_DUE, f"{r.tenant}/{r.request_id}", r.due_at, {"request_id": r.request_id}, r.tenant)
+                for r in rows
+                if (r.tenant, r.request_id) in new
+            ]
+        )
 
     # --- answers (events and the HTTP endpoint share this) --------------------------------------------
 
@@ -422,6 +424,8 @@ class SurveysHandlers:
         await store.set_request_status(conn, [(a.tenant, a.request_id) for a, _, _ in accepted], "answered")
         opened = await store.insert_cases(conn, case_rows)
 
+        follow_up_timers: list[tuple[str, str, datetime, dict[str, Any], str]] = []
+        deadline_timers: list[tuple[str, str, datetime, dict[str, Any], str]] = []
         for answer, request, outcome in accepted:
             segment = request.segment
             ctx.emit(
@@ -442,13 +446,14 @@ class SurveysHandlers:
                 tenant=answer.tenant,
             )
             if outcome.follow_up_due_at is not None:
-                await ctx.schedule(
-                    FOLLOW_UP_DUE,
-                    f"{answer.tenant}/{outcome.feedback_id}",
-                    outcome.follow_up_due_at,
-                    {"feedback_id": outcome.feedback_id},
-                    answer.tenant,
-                    replace=False,
+                follow_up_timers.append(
+                    (
+                        FOLLOW_UP_DUE,
+                        f"{answer.tenant}/{outcome.feedback_id}",
+                        outcome.follow_up_due_at,
+                        {"feedback_id": outcome.feedback_id},
+                        answer.tenant,
+                    )
                 )
             case = outcome.case
             if case is not None and (answer.tenant, case.case_id) in opened:
@@ -465,12 +470,14 @@ class SurveysHandlers:
                     cause=answer.cause,
                     tenant=answer.tenant,
                 )
-                await ctx.schedule(
-                    CASE_DEADLINE,
-                    f"{answer.tenant}/{case.case_id}",
-                    case.deadline_at,
-                    {"case_id": case.case_id},
-                    answer.tenant,
+                deadline_timers.append(
+                    (
+                        CASE_DEADLINE,
+                        f"{answer.tenant}/{case.case_id}",
+                        case.deadline_at,
+                        {"case_id": case.case_id},
+                        answer.tenant,
+                    )
                 )
             book.add(
                 answer.tenant,
@@ -480,6 +487,8 @@ class SurveysHandlers:
                 answer.answered_at,
                 answer.cause,
             )
+        await ctx.schedule_many(follow_up_timers, replace=False)  # never move or repeat a follow-up
+        await ctx.schedule_many(deadline_timers)
         if own_book:
             await book.flush(ctx)
         return [r if r is not None else AnswerResult(False, "unknown_request") for r in results]
