@@ -107,6 +107,14 @@ async def cancel_timer(conn: asyncpg.Connection, kind: str, key: str) -> bool:
     return status != "DELETE 0"
 
 
+async def cancel_timers(conn: asyncpg.Connection, kind: str, keys: Sequence[str]) -> int:
+    """Cancel many timers of one kind in one statement; returns how many existed."""
+    if not keys:
+        return 0
+    status = await conn.execute("DELETE FROM timers WHERE kind = $1 AND key = ANY($2::text[])", kind, list(keys))
+    return int(status.split()[-1])
+
+
 class EffectContext:
     """Shared by BatchContext and TimerContext: one open transaction and the outbox rows it will write."""
 
@@ -167,6 +175,10 @@ class EffectContext:
     ) -> None:
         """Many ``(kind, key, due_at, payload, tenant)`` timers in one round trip (no per-event statements)."""
         await schedule_timers(self.conn, timers, replace=replace)
+
+    async def cancel_many(self, kind: str, keys: Sequence[str]) -> int:
+        """Cancel many timers of one kind in one round trip."""
+        return await cancel_timers(self.conn, kind, keys)
 
     async def cancel(self, kind: str, key: str) -> bool:
         return await cancel_timer(self.conn, kind, key)
