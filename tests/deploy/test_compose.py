@@ -82,6 +82,7 @@ def test_service_container_is_hardened_and_wired(compose: dict[str, Any], servic
     assert env["LOYALTY_SERVICE"] == service
     assert env["LOYALTY_CONSUMER_GROUP"] == f"loyalty-{service}"
     assert env["LOYALTY_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["LOYALTY_CREATE_TOPICS"] == "false"  # kafka-init owns topics
     assert urlsplit(env["LOYALTY_PG_DSN"]).username == service
     assert urlsplit(env["LOYALTY_PG_DSN"]).hostname == "postgres"
     assert urlsplit(env["LOYALTY_OTEL_EXPORTER_ENDPOINT"]).hostname in compose["services"]

@@ -52,6 +52,7 @@ def test_deployment_runs_the_service_with_probes_on_health_routes(
     assert env["LOYALTY_CONSUMER_GROUP"] == f"loyalty-{service}"
     assert env["LOYALTY_KAFKA_BOOTSTRAP"] == "loyalty-kafka-bootstrap:9093"
     assert env["LOYALTY_PROGRAMS_DIR"] == "/etc/loyalty/programs"
+    assert env["LOYALTY_CREATE_TOPICS"] == "false"  # Strimzi owns topics
     assert env["LOYALTY_PG_DSN"] == f"postgresql://{service}@t-loyalty-suite-pg-rw:5432/loyalty?sslmode=require"
     assert env["PGPASSWORD"] == {"secretKeyRef": {"name": f"loyalty-{service}-db", "key": "password"}}
     assert env["LOYALTY_KAFKA_SASL_PASSWORD"] == {

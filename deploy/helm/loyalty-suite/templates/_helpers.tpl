@@ -112,6 +112,9 @@ Strimzi-generated KafkaUser secret.
   value: {{ include "loyalty.kafkaBootstrap" $root | quote }}
 - name: LOYALTY_CONSUMER_GROUP
   value: {{ include "loyalty.consumerGroup" . | quote }}
+# Topics belong to Strimzi (KafkaTopic resources); the services' users have no Create ACL.
+- name: LOYALTY_CREATE_TOPICS
+  value: "false"
 - name: LOYALTY_KAFKA_SECURITY_PROTOCOL
   value: {{ include "loyalty.kafkaProtocol" $root | quote }}
 {{- if eq $root.Values.kafka.authentication "scram-sha-512" }}
