@@ -161,6 +161,7 @@ async def apply_customers(
     if not customers:
         return counts
     conn = ctx.conn
+    await store.lock_customers(conn, tenant, customers)
     stored = await store.load_customers(conn, tenant, customers)
     known_facts = await store.load_facts(conn, tenant, customers)
     existing = [c for c in customers if c in stored]
@@ -170,6 +171,8 @@ async def apply_customers(
     ledger_rows: list[tuple[str, int, domain.Entry]] = []
     customer_rows: list[store.CustomerRow] = []
     history_rows: list[store.HistoryRow] = []
+    timers_to_cancel: list[str] = []
+    timers_to_schedule: list[tuple[str, str, datetime, dict[str, str], str]] = []
     for customer_id in customers:
         facts = known_facts.get(customer_id, [])
         seen = {f.event_id for f in facts}
@@ -228,15 +231,17 @@ async def apply_customers(
         new_check = row.next_check_at
         if new_check != old_check:
             if old_check is not None:
-                await ctx.cancel(CHECK_TIMER, timer_key(tenant, customer_id, old_check))
+                timers_to_cancel.append(timer_key(tenant, customer_id, old_check))
             if new_check is not None:
-                await ctx.schedule(CHECK_TIMER, timer_key(tenant, customer_id, new_check), new_check,
-                                   {"customer_id": customer_id}, tenant)
+                timers_to_schedule.append((CHECK_TIMER, timer_key(tenant, customer_id, new_check), new_check,
+                                           {"customer_id": customer_id}, tenant))
 
     await store.insert_facts(conn, tenant, fact_rows)
     await store.append_ledger(conn, tenant, program.version, ledger_rows)
     await store.upsert_customers(conn, tenant, customer_rows)
     await store.insert_history(conn, tenant, history_rows)
+    await ctx.cancel_many(CHECK_TIMER, timers_to_cancel)
+    await ctx.schedule_many(timers_to_schedule)
     return counts
 
 

@@ -76,6 +76,17 @@ def _customer(row: asyncpg.Record) -> CustomerRow:
     return CustomerRow(**{k: (tuple(v) if k == "milestones" else v) for k, v in row.items()})
 
 
+async def lock_customers(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> None:
+    """Transaction-scoped advisory locks, taken in sorted order: a check timer, a recalculation and batches
+    from different topics (possibly on other replicas) that touch the same customer — even a brand-new one
+    without a status row — run one after the other. Same order everywhere, so they cannot deadlock."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || c, 0)) "
+        "FROM unnest($2::text[]) AS c ORDER BY c",
+        tenant, sorted(customers),
+    )
+
+
 async def load_customers(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> dict[str, CustomerRow]:
     rows = await conn.fetch(
         f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE tenant = $1 AND customer_id = ANY($2::text[])",

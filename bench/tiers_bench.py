@@ -1,0 +1,238 @@
+"""Tiers benchmark: PurchaseMade events/s through the tiers service next to the kit's limit pipeline.
+
+    uv run python -m bench.tiers_bench [--events N] [--customers 10000,1000000] [--batch B]
+
+One process, one broker, one database server (``LOYALTY_KAFKA_BOOTSTRAP`` / ``LOYALTY_PG_DSN``, e.g. from
+``.stack/dev.env``; without them an embedded stack is started):
+
+1. limit: ``bench.kit_bench.run_limit_pipeline`` (raw getmany → one COPY → produce one record per event);
+2. tiers, once per customer count: the real tiers ServiceApp with the acme-diy program: decode + inbox →
+   facts → ledger (derived per customer) → tier evaluation → statuses, history, check timers → TierChanged /
+   TierProgressMilestone in the outbox → relay publish.
+
+Before each tiers run (not timed) a fresh database is seeded with COPY: every customer already has one
+earlier purchase (70 % at 300 points, 20 % at 450, 10 % at 920), so the new purchase (~114 points) is a
+no-op for most, crosses the 50 % milestone for some and promotes 10 % to "maker" (TierChanged + a check
+timer). Input events are spread over all customers. The clock runs from the first consumed batch until every
+event is applied and the outbox is empty. RSS is sampled from /proc during the run (the whole bench process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from loyalty_contracts.catalogue import topic_for
+from loyalty_contracts.envelope import Envelope, encode
+from loyalty_contracts.samples import T0, sample, with_customer
+from loyalty_kit import ServiceSettings, migrations
+from loyalty_kit.db import create_pool
+from loyalty_kit.outbox import make_producer
+from loyalty_kit.programs import load_program_files
+from loyalty_kit.runtime import tune_gc
+from loyalty_kit.testing import fresh_database, publish_raw
+from loyalty_kit.topics import ensure_topics
+from loyalty_tiers import domain, store
+from loyalty_tiers.app import MIGRATIONS_DIR, build_app
+from loyalty_tiers.program import TiersProgram
+
+from bench.kit_bench import PURCHASE, endpoints, run_limit_pipeline
+
+TENANT = "acme-diy"
+PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
+SEED_TIME = T0 - timedelta(days=10)
+# (share of customers, points of their earlier purchase)
+SEED_MIX = ((7, 300), (2, 450), (1, 920))
+
+
+@dataclass(frozen=True)
+class TiersResult:
+    customers: int
+    events: int
+    seconds: float
+    emitted: int
+    peak_rss_mb: float
+    seed_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def customer_id(i: int) -> str:
+    return f"cust-{i:07d}"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def prepare_input(bootstrap: str, topic: str, n: int, customers: int) -> None:
+    """n PurchaseMade records spread over all customers (a stride walks the whole id range)."""
+    await ensure_topics(bootstrap, [topic])
+    base = sample(PURCHASE)
+    stride = 7919  # prime: i * stride % customers visits every customer before repeating
+    producer = make_producer(bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        chunk: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        for i in range(n):
+            data = with_customer(base, customer_id(i * stride % customers), T0 + timedelta(seconds=i))
+            data = data.model_copy(update={"order_id": f"bench-order-{i}"})
+            rec = encode(Envelope.new(data, tenant=TENANT, source="/bench/retailer"))
+            chunk.append((topic, rec.key, rec.value, rec.headers))
+            if len(chunk) == 10_000:
+                await publish_raw(bootstrap, chunk, producer=producer)
+                chunk = []
+        if chunk:
+            await publish_raw(bootstrap, chunk, producer=producer)
+    finally:
+        await producer.stop()
+
+
+async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: Any) -> None:
+    """COPY `customers` customers with one earlier purchase each (facts, ledger, status rows)."""
+    templates = []
+    for share, points in SEED_MIX:
+        fact = domain.Purchase("seed", SEED_TIME, "seed-order", "EUR",
+                               (domain.PurchaseLine("1", "tools", 1, points * 100),))
+        outcome = domain.process(program, "x", [fact], None, SEED_TIME, zone)
+        templates += [(fact, outcome)] * share
+    chunk = 20_000  # small chunks keep the bench process RSS (which is measured) low
+    async with pool.acquire() as conn:
+        for start in range(0, customers, chunk):
+            facts, ledger, rows = [], [], []
+            for i in range(start, min(customers, start + chunk)):
+                cid = customer_id(i)
+                fact, outcome = templates[i % len(templates)]
+                fact = domain.Purchase(f"seed-{i}", fact.occurred_at, f"seed-order-{i}", fact.currency, fact.lines)
+                facts.append((TENANT, cid, fact.event_id, "purchase", fact.occurred_at,
+                              json.dumps(domain.fact_to_json(fact))))
+                e = outcome.entries[0]
+                ledger.append((TENANT, cid, program.version, fact.event_id, 1, e.activity, e.points, e.counts_from,
+                               e.expires_at, e.rule, fact.order_id))
+                r = store.CustomerRow.of(cid, program, outcome.state, outcome.snapshot)
+                rows.append((TENANT, cid, r.program_version, r.tier, r.since, r.reason, r.points, r.as_of,
+                             None, None, None, list(r.milestones), None, None))
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "facts", schema_name="tiers", records=facts,
+                    columns=["tenant", "customer_id", "event_id", "kind", "occurred_at", "body"])
+                await conn.copy_records_to_table(
+                    "ledger", schema_name="tiers", records=ledger,
+                    columns=["tenant", "customer_id", "program_version", "entry_id", "revision", "activity",
+                             "points", "counts_from", "expires_at", "rule", "ref"])
+                await conn.copy_records_to_table(
+                    "customers", schema_name="tiers", records=rows,
+                    columns=["tenant", "customer_id", "program_version", "tier", "since", "reason", "points",
+                             "as_of", "pending_to", "pending_effective_at", "pending_notice_at", "milestones",
+                             "notice_for", "next_check_at"])
+        await conn.execute("ANALYZE tiers.facts; ANALYZE tiers.ledger; ANALYZE tiers.customers")
+
+
+async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batch: int) -> TiersResult:
+    run = uuid.uuid4().hex[:8]
+    prefix = f"bench-{run}."
+    files = load_program_files(PROGRAMS, "tiers", TiersProgram)
+    program = files[TENANT].section
+    zone = program.zone(files[TENANT].header.timezone)
+    print(f"[{customers} customers] preparing {n} input events ...", file=sys.stderr)
+    await prepare_input(bootstrap, prefix + topic_for(PURCHASE), n, customers)
+    async with fresh_database(admin_dsn, prefix="bench_tiers_") as dsn:
+        pool = await create_pool(dsn, "tiers", min_size=1, max_size=2)
+        try:
+            await migrations.apply(pool, "tiers", MIGRATIONS_DIR)
+            print(f"[{customers} customers] seeding with COPY ...", file=sys.stderr)
+            seeded = time.perf_counter()
+            await seed(pool, program, customers, zone)
+            seed_seconds = time.perf_counter() - seeded
+            print(f"[{customers} customers] seeded in {seed_seconds:.1f}s", file=sys.stderr)
+        finally:
+            await pool.close()
+        settings = ServiceSettings(
+            service="tiers", kafka_bootstrap=bootstrap, pg_dsn=dsn, programs_dir=PROGRAMS,
+            consumer_group=f"bench-tiers-{run}", topic_prefix=prefix, batch_max_records=batch,
+            batch_timeout_ms=50, outbox_poll_interval_s=0.5,
+        )
+        app, _ = build_app(settings)
+        started: list[float] = []
+        applied = [0]
+        peak = [rss_mb()]
+        await app.start()
+        assert app.processor is not None and app.pool is not None and app.relay is not None
+        original = app.processor.process
+
+        async def timed(records: Any) -> Any:
+            if not started:
+                started.append(time.perf_counter())
+            outcome = await original(records)
+            applied[0] += outcome.applied + outcome.duplicates + outcome.dead_lettered
+            return outcome
+
+        app.processor.process = timed  # type: ignore[method-assign]
+        try:
+            async with app.pool.acquire() as conn:
+                while True:
+                    peak[0] = max(peak[0], rss_mb())
+                    if applied[0] >= n and await conn.fetchval("SELECT count(*) FROM outbox") == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                ended = time.perf_counter()
+                emitted = app.relay.published_total
+        finally:
+            await app.stop()
+    return TiersResult(customers, n, ended - started[0], emitted, peak[0], seed_seconds)
+
+
+async def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.tiers_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="PurchaseMade events per run")
+    parser.add_argument("--customers", default="10000,1000000", help="comma-separated customer counts")
+    parser.add_argument("--batch", type=int, default=1000, help="max records per consumed batch")
+    parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    args = parser.parse_args(argv)
+    tune_gc()  # as ServiceApp.run() does in a service process
+    counts = [int(c) for c in args.customers.split(",")]
+    n = args.events
+    async with endpoints() as (bootstrap, admin_dsn):
+        async with fresh_database(admin_dsn, prefix="bench_limit_") as dsn:
+            limit = await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch)
+        results = [await run_tiers(bootstrap, admin_dsn, n, c, args.batch) for c in counts]
+    print(f"{'pipeline':<16} {'events':>8} {'batch':>6} {'seconds':>8} {'events/s':>10} {'vs limit':>9} "
+          f"{'emitted':>8} {'peak RSS MB':>12} {'seed s':>7}")
+    print(f"{'limit':<16} {limit.events:>8} {limit.batch:>6} {limit.seconds:>8.2f} {limit.per_second:>10.0f}")
+    for r in results:
+        print(f"{'tiers ' + str(r.customers):<16} {r.events:>8} {args.batch:>6} {r.seconds:>8.2f} "
+              f"{r.per_second:>10.0f} {r.per_second / limit.per_second:>9.0%} {r.emitted:>8} "
+              f"{r.peak_rss_mb:>12.0f} {r.seed_seconds:>7.1f}")
+    if len(results) >= 2:
+        first, last = results[0], results[-1]
+        print(f"tiers at {last.customers} customers vs {first.customers}: "
+              f"{last.per_second / first.per_second:.0%} (target within 20 %)")
+    print("targets: tiers >= 60 % of limit; RSS <= 300 MB")
+    result = {
+        "events": n, "batch": args.batch, "limit_per_s": round(limit.per_second),
+        **{f"tiers_{r.customers}_per_s": round(r.per_second) for r in results},
+        **{f"tiers_{r.customers}_vs_limit": round(r.per_second / limit.per_second, 3) for r in results},
+        **{f"tiers_{r.customers}_peak_rss_mb": round(r.peak_rss_mb) for r in results},
+    }
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
