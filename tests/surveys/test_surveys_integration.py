@@ -26,6 +26,7 @@ from loyalty_kit.testing import (
     isolated_settings,
     publish,
     running,
+    wait_until,
 )
 from loyalty_kit.topics import ensure_topics
 from loyalty_surveys.app import build_app
@@ -289,6 +290,22 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
         bad_period = await client.get(f"/surveys/{TENANT}/nps", params={"period": "year"}, headers=API_KEY)
         assert bad_period.status_code == 422
         assert (await client.get("/surveys/other-shop/nps", headers=API_KEY)).status_code == 403
+
+        # 8. The follow-up is answered and never asks again. Later the first-purchase NPS falls due, but within
+        #    the recontact period of the delivery survey: recorded as skipped, never sent.
+        follow_answer = await client.post("/surveys/answers", json={"token": follow_up.data.answer_token, "score": 4})
+        assert follow_answer.status_code == 201, follow_answer.text
+        await publish(kafka_bootstrap, [clock(T + timedelta(days=31))], topic_prefix=prefix)
+
+        async def nps_skipped() -> bool:
+            view = (await client.get(f"/surveys/{TENANT}/response-rate", headers=API_KEY)).json()
+            return bool(view["skipped_recontact"] == 4)
+
+        await wait_until(nps_skipped, within_s=60)
+        await _settle(app)
+        assert len(events_of(reader, "FollowUpRequested")) == 1
+        assert len(events_of(reader, "FeedbackReceived")) == 4
+        assert {e.data.kind for e in events_of(reader, "SurveyRequested")} == {"csat"}
         await client.aclose()
 
 

@@ -606,13 +606,13 @@ class SurveysHandlers:
             config = self.config(tenant)
             planned = {
                 r.request_id: domain.PlannedSurvey(
-                    r.request_id,
-                    r.survey_id,
-                    r.kind,
-                    r.customer_id,
-                    r.due_at,
-                    r.trigger,
-                    r.trigger_event_id,  # type: ignore[arg-type]
+                    request_id=r.request_id,
+                    survey_id=r.survey_id,
+                    kind=r.kind,  # type: ignore[arg-type]  # stored from a SurveyKind
+                    customer_id=r.customer_id,
+                    due_at=r.due_at,
+                    trigger_event_type=r.trigger,  # the contract's trigger name (delivery, purchase, ...)
+                    trigger_event_id=r.trigger_event_id,
                 )
                 for r in rows
             }
