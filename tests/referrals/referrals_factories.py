@@ -43,7 +43,7 @@ def make_rules(**overrides: Any) -> Rules:
         hold_days=30,
         blocked_email_domains=frozenset({"mailinator.com"}),
         velocity=VelocityRules(period_days=30, max_conversions=10, max_order_value_minor=500_000),
-        review_reasons=frozenset({RejectReason.VELOCITY_COUNT_EXCEEDED, RejectReason.VELOCITY_AMOUNT_EXCEEDED}),
+        review_reasons=frozenset({RejectReason.VELOCITY_LIMIT}),
         clawback_referrer=True,
         clawback_referee=False,
         clawback_within_days=180,

@@ -33,7 +33,7 @@ def test_example_program_validates_into_rules() -> None:
     assert rules.min_first_order_minor == 3000 and rules.currency == "EUR"
     assert rules.hold_days == 30
     assert "mailinator.com" in rules.blocked_email_domains
-    assert RejectReason.VELOCITY_COUNT_EXCEEDED in rules.review_reasons
+    assert RejectReason.VELOCITY_LIMIT in rules.review_reasons
     assert rules.excluded_categories == {"delivery_fee", "gift_card"}
     assert program.codes.link_template.endswith("{code}")
 

@@ -67,30 +67,38 @@ def test_attribution_does_not_depend_on_arrival_order(
         referral_code=code_of(purchase_code_referrer) if purchase_code_referrer else None,
     )
 
-    def outcome(arrivals: list[Invitation | Registration]) -> tuple:
+    def outcome(arrivals: list[Invitation | Registration | Purchase]) -> tuple:
         book = new_book()
         for referrer in REFERRERS:  # referrers registered long before and already have codes
             book.on_registered(
                 Registration(referrer, T0 - days(100), frozenset({f"h-{referrer}"})), new_code=code_of(referrer)
             )
+        effects = []
         for item in arrivals:
             if isinstance(item, Registration):
-                book.on_registered(item, new_code=code_of("bob"))
+                effects += book.on_registered(item, new_code=code_of("bob"))
+            elif isinstance(item, Purchase):
+                effects += book.on_purchase(item)
             else:
-                book.on_invited(item)
-        effects = book.on_purchase(first_purchase)
+                effects += book.on_invited(item)
         referral = book.referrals.get("bob")
         summary = (
             None if referral is None else (referral.referrer_id, referral.source, referral.status, referral.reason)
         )
-        return summary, [type(e).__name__ for e in effects]
+        return summary, sorted(type(e).__name__ for e in effects)
+
+    def with_purchase_after_the_claims(order_of_claims: list[Invitation | Registration], at: int) -> list:
+        """The purchase goes anywhere after the last invitation (before or after the registration)."""
+        last_invitation = max((i for i, x in enumerate(order_of_claims) if isinstance(x, Invitation)), default=-1)
+        position = last_invitation + 1 + at % (len(order_of_claims) - last_invitation)
+        return [*order_of_claims[:position], first_purchase, *order_of_claims[position:]]
 
     arrivals: list[Invitation | Registration] = [*invitations, registration]
-    expected = outcome(arrivals)
+    expected = outcome([*arrivals, first_purchase])
     shuffled = list(arrivals)
     order.shuffle(shuffled)
-    assert outcome(shuffled) == expected
-    assert outcome(list(reversed(arrivals))) == expected
+    assert outcome(with_purchase_after_the_claims(shuffled, order.randrange(1000))) == expected
+    assert outcome(with_purchase_after_the_claims(list(reversed(arrivals)), order.randrange(1000))) == expected
 
 
 # ---------------------------------------------------------------------------------------------- random logs

@@ -5,10 +5,11 @@ events in order, persists what the book marks dirty and emits the effects it ret
 whole event log in memory, which is also the reference model for the integration tests.
 
 Rules (each is tested in tests/referrals/test_domain*.py):
-- A referee's referrer is decided once, at the referee's first purchase, from the claims known then.
+- A referee's referrer is decided once, as soon as the referee's registration, first purchase and at least
+  one claim are known, whatever order they arrive in (they travel on different topics and partitions).
   Competing claims: a code given at registration beats a code given at the first purchase, which beats an
   invitation; among invitations the earliest (invited_at, then invitation id) wins. Because the winner is a
-  pure ordering of claims, the arrival order of invitations and registration does not change it.
+  pure ordering of claims, the arrival order of the claims before the decision does not change it.
 - An invitation only claims a customer who registered at or after the invitation and within the invitation
   window; customers who existed before the invitation are not new.
 - Only the first purchase counts; it must reach the minimum qualifying value (excluded categories such as
@@ -46,19 +47,21 @@ REFERRAL_NAMESPACE = uuid.UUID("6f1c1f0e-4b7e-4d5e-9a43-2f0d0c6b8a11")
 
 
 class RejectReason(StrEnum):
+    """Reason codes of ReferralRejected (values are the contract's `RejectionReason`)."""
+
     UNKNOWN_CODE = "unknown_code"
-    REFEREE_NOT_NEW = "referee_not_new"
-    CONVERSION_WINDOW_EXPIRED = "conversion_window_expired"
-    FIRST_ORDER_BELOW_MINIMUM = "first_order_below_minimum"
+    EXISTING_CUSTOMER = "existing_customer"
+    OUTSIDE_ATTRIBUTION_WINDOW = "outside_attribution_window"
+    BELOW_MINIMUM_ORDER = "below_minimum_order"
     FIRST_ORDER_REFUNDED = "first_order_refunded"
-    SELF_REFERRAL_SAME_CUSTOMER = "self_referral_same_customer"
-    SELF_REFERRAL_SAME_CONTACT = "self_referral_same_contact"
-    SELF_REFERRAL_SAME_PAYMENT = "self_referral_same_payment"
-    SELF_REFERRAL_SAME_ADDRESS = "self_referral_same_address"
+    SELF_REFERRAL = "self_referral"
+    SAME_CONTACT = "same_contact"
+    SAME_PAYMENT_FINGERPRINT = "same_payment_fingerprint"
+    SAME_SHIPPING_ADDRESS = "same_shipping_address"
     REFERRAL_CYCLE = "referral_cycle"
-    BLOCKED_EMAIL_DOMAIN = "blocked_email_domain"
-    VELOCITY_COUNT_EXCEEDED = "velocity_count_exceeded"
-    VELOCITY_AMOUNT_EXCEEDED = "velocity_amount_exceeded"
+    BLOCKED_DOMAIN = "blocked_domain"
+    VELOCITY_LIMIT = "velocity_limit"
+    REJECTED_BY_STAFF = "rejected_by_staff"
 
     @property
     def fraud(self) -> bool:
@@ -67,14 +70,13 @@ class RejectReason(StrEnum):
 
 _FRAUD_REASONS = frozenset(
     {
-        RejectReason.SELF_REFERRAL_SAME_CUSTOMER,
-        RejectReason.SELF_REFERRAL_SAME_CONTACT,
-        RejectReason.SELF_REFERRAL_SAME_PAYMENT,
-        RejectReason.SELF_REFERRAL_SAME_ADDRESS,
+        RejectReason.SELF_REFERRAL,
+        RejectReason.SAME_CONTACT,
+        RejectReason.SAME_PAYMENT_FINGERPRINT,
+        RejectReason.SAME_SHIPPING_ADDRESS,
         RejectReason.REFERRAL_CYCLE,
-        RejectReason.BLOCKED_EMAIL_DOMAIN,
-        RejectReason.VELOCITY_COUNT_EXCEEDED,
-        RejectReason.VELOCITY_AMOUNT_EXCEEDED,
+        RejectReason.BLOCKED_DOMAIN,
+        RejectReason.VELOCITY_LIMIT,
     }
 )
 
@@ -272,6 +274,17 @@ def qualifying_value(purchase: Purchase, rules: Rules) -> int:
 # ---------------------------------------------------------------------------------------------- state
 
 
+@dataclass(frozen=True)
+class FirstOrder:
+    """The facts of a customer's first purchase that the referral decision needs."""
+
+    order_id: str
+    at: datetime
+    value_minor: int  # qualifying value (excluded categories and other currencies do not count)
+    payment_fingerprint: str | None = None
+    shipping_address: str | None = None
+
+
 @dataclass
 class Customer:
     """What referrals knows about a customer (only keyed hashes, never contacts)."""
@@ -282,8 +295,7 @@ class Customer:
     email_domain: str | None = None
     payment_fingerprints: frozenset[str] = frozenset()
     shipping_addresses: frozenset[str] = frozenset()
-    first_order_id: str | None = None
-    first_order_at: datetime | None = None
+    first_order: FirstOrder | None = None
     code: str | None = None
 
 
@@ -323,6 +335,7 @@ class Referral:
     converted_at: datetime  # the first purchase's time (the decision time)
     status: ReferralStatus
     reason: RejectReason | None = None
+    reason_detail: str = ""
     hold_until: datetime | None = None
     refunded_minor: int = 0
     rewards: dict[str, Reward] = field(default_factory=dict)
@@ -476,7 +489,7 @@ class ReferralBook:
         if (
             customer.registered_at is None
             or invitation.contact_hash not in customer.contact_hashes
-            or customer.first_order_id is not None  # the decision is already made
+            or customer.customer_id in self.referrals  # the decision is already made
             or not (invitation.at <= customer.registered_at <= invitation.at + window)
         ):
             return None
@@ -523,27 +536,34 @@ class ReferralBook:
             claim = self._invitation_claims(customer, invitation)
             if claim is not None:
                 self._add_claim(claim)
-        return effects
+        return effects + self._maybe_decide(customer)
 
     def on_invited(self, invitation: Invitation) -> list[Effect]:
         if invitation.invitation_id in self.invitations:
             return []
         self.invitations[invitation.invitation_id] = invitation
         self.new_invitations.append(invitation)
-        # The invitee may already have registered (their events travel on another partition).
+        # The invitee may already have registered, even bought (their events travel on other partitions).
+        effects: list[Effect] = []
         for customer in list(self.customers.values()):
             claim = self._invitation_claims(customer, invitation)
             if claim is not None:
                 self._add_claim(claim)
-        return []
+                effects += self._maybe_decide(customer)
+        return effects
 
     def on_purchase(self, purchase: Purchase) -> list[Effect]:
         customer = self.customer(purchase.customer_id)
-        if customer.first_order_id is not None:
+        if customer.first_order is not None:
             self._remember_payment(customer, purchase)
             return []  # only the first purchase counts
-        customer.first_order_id = purchase.order_id
-        customer.first_order_at = purchase.at
+        customer.first_order = FirstOrder(
+            purchase.order_id,
+            purchase.at,
+            qualifying_value(purchase, self.rules),
+            purchase.payment_fingerprint,
+            purchase.shipping_address,
+        )
         self.dirty_customers.add(customer.customer_id)
         effects: list[Effect] = []
         if purchase.referral_code is not None:
@@ -551,28 +571,13 @@ class ReferralBook:
             if referrer is None:
                 effects.append(
                     Rejected(
-                        None,
-                        None,
-                        customer.customer_id,
-                        RejectReason.UNKNOWN_CODE,
-                        purchase.at,
-                        "at first purchase",
-                    )
-                )
-            elif customer.registered_at is None:
-                effects.append(
-                    Rejected(
-                        None,
-                        referrer,
-                        customer.customer_id,
-                        RejectReason.REFEREE_NOT_NEW,
-                        purchase.at,
-                        "no registration known for this customer",
+                        None, None, customer.customer_id, RejectReason.UNKNOWN_CODE, purchase.at, "at first purchase"
                     )
                 )
             else:
+                # Kept even before the registration is known: it may arrive later on its own topic.
                 self._add_claim(Claim(customer.customer_id, referrer, ClaimSource.CODE_AT_PURCHASE, purchase.at))
-        effects += self._decide(customer, purchase)
+        effects += self._maybe_decide(customer)
         self._remember_payment(customer, purchase)
         return effects
 
@@ -590,14 +595,24 @@ class ReferralBook:
         claims = self.claims.get(referee_id)
         return min(claims, key=lambda c: c.rank) if claims else None
 
-    def _decide(self, referee: Customer, purchase: Purchase) -> list[Effect]:
-        if referee.customer_id in self.referrals:
+    def _maybe_decide(self, referee: Customer) -> list[Effect]:
+        """Decide once the three facts are known, in whatever order they arrived: the registration,
+        the first purchase and at least one claim (events travel on different topics)."""
+        if (
+            referee.customer_id in self.referrals
+            or referee.registered_at is None
+            or referee.first_order is None
+            or not self.claims.get(referee.customer_id)
+        ):
             return []
+        return self._decide(referee, referee.first_order)
+
+    def _decide(self, referee: Customer, purchase: FirstOrder) -> list[Effect]:
         claim = self.winning_claim(referee.customer_id)
-        if claim is None:
-            return []
-        value = qualifying_value(purchase, self.rules)
-        reason = self.rejection_reason(referee, claim, purchase, value)
+        assert claim is not None
+        value = purchase.value_minor
+        verdict = self.rejection_reason(referee, claim, purchase)
+        reason, detail = verdict if verdict is not None else (None, "")
         referral = Referral(
             referral_id=referral_id_for(self.tenant, referee.customer_id),
             referrer_id=claim.referrer_id,
@@ -609,6 +624,7 @@ class ReferralBook:
             converted_at=purchase.at,
             status=ReferralStatus.HELD,
             reason=reason,
+            reason_detail=detail,
             rewards={
                 role: Reward(
                     role,
@@ -624,7 +640,9 @@ class ReferralBook:
             referral.status = ReferralStatus.REJECTED
             for reward in referral.rewards.values():
                 reward.status = RewardStatus.REJECTED
-            return [Rejected(referral.referral_id, referral.referrer_id, referral.referee_id, reason, purchase.at)]
+            return [
+                Rejected(referral.referral_id, referral.referrer_id, referral.referee_id, reason, purchase.at, detail)
+            ]
         self._count_conversion(referral)
         if reason is not None:
             referral.status = ReferralStatus.IN_REVIEW
@@ -653,39 +671,49 @@ class ReferralBook:
             HoldScheduled(referral.referral_id, referral.referee_id, referral.hold_until),
         ]
 
-    def rejection_reason(self, referee: Customer, claim: Claim, purchase: Purchase, value: int) -> RejectReason | None:
-        """The first rule a would-be conversion breaks, or None. Order matters: hard rules first."""
+    def rejection_reason(
+        self, referee: Customer, claim: Claim, purchase: FirstOrder
+    ) -> tuple[RejectReason, str] | None:
+        """The first rule a would-be conversion breaks (reason, detail without PII), or None.
+
+        Order matters: hard rules first, then fraud signals, velocity last (it depends on the others).
+        """
         rules = self.rules
         referrer = self.customers.get(claim.referrer_id) or Customer(claim.referrer_id)
         if claim.referrer_id == referee.customer_id:
-            return RejectReason.SELF_REFERRAL_SAME_CUSTOMER
-        if referee.registered_at is None:
-            return RejectReason.REFEREE_NOT_NEW
+            return RejectReason.SELF_REFERRAL, "the referrer is the referee"
+        value = purchase.value_minor
+        if referee.registered_at is None or purchase.at < referee.registered_at:
+            return RejectReason.EXISTING_CUSTOMER, "the first purchase came before the registration"
         if purchase.at - referee.registered_at > timedelta(days=rules.conversion_window_days):
-            return RejectReason.CONVERSION_WINDOW_EXPIRED
+            return RejectReason.OUTSIDE_ATTRIBUTION_WINDOW, f"first purchase after {rules.conversion_window_days} days"
         if value < rules.min_first_order_minor:
-            return RejectReason.FIRST_ORDER_BELOW_MINIMUM
+            return RejectReason.BELOW_MINIMUM_ORDER, f"qualifying value {value} < {rules.min_first_order_minor}"
         if referee.customer_id in self.ancestors(claim.referrer_id):
-            return RejectReason.REFERRAL_CYCLE
+            return RejectReason.REFERRAL_CYCLE, "the referee is up the referrer's referral chain"
         if referrer.contact_hashes & referee.contact_hashes:
-            return RejectReason.SELF_REFERRAL_SAME_CONTACT
+            return RejectReason.SAME_CONTACT, "a contact hash matches the referrer"
         if purchase.payment_fingerprint and purchase.payment_fingerprint in referrer.payment_fingerprints:
-            return RejectReason.SELF_REFERRAL_SAME_PAYMENT
+            return RejectReason.SAME_PAYMENT_FINGERPRINT, "payment fingerprint seen on the referrer's orders"
         if purchase.shipping_address and purchase.shipping_address in referrer.shipping_addresses:
-            return RejectReason.SELF_REFERRAL_SAME_ADDRESS
-        domains = {d for d in (referee.email_domain, claim.email_domain) if d}
-        if {d.lower() for d in domains} & rules.blocked_email_domains:
-            return RejectReason.BLOCKED_EMAIL_DOMAIN
-        period_start = purchase.at - timedelta(days=rules.velocity.period_days)
+            return RejectReason.SAME_SHIPPING_ADDRESS, "shipping address seen on the referrer's orders"
+        domains = {d.lower() for d in (referee.email_domain, claim.email_domain) if d}
+        blocked = domains & rules.blocked_email_domains
+        if blocked:
+            return RejectReason.BLOCKED_DOMAIN, f"blocked domain {sorted(blocked)[0]}"
+        velocity = rules.velocity
+        period_start = purchase.at - timedelta(days=velocity.period_days)
         recent = [
-            (at, amount)
-            for at, amount, _ in self.conversions.get(claim.referrer_id, [])
-            if period_start < at <= purchase.at
+            amount for at, amount, _ in self.conversions.get(claim.referrer_id, []) if period_start < at <= purchase.at
         ]
-        if len(recent) + 1 > rules.velocity.max_conversions:
-            return RejectReason.VELOCITY_COUNT_EXCEEDED
-        if sum(amount for _, amount in recent) + value > rules.velocity.max_order_value_minor:
-            return RejectReason.VELOCITY_AMOUNT_EXCEEDED
+        if len(recent) + 1 > velocity.max_conversions:
+            return RejectReason.VELOCITY_LIMIT, (
+                f"count: more than {velocity.max_conversions} conversions in {velocity.period_days} days"
+            )
+        if sum(recent) + value > velocity.max_order_value_minor:
+            return RejectReason.VELOCITY_LIMIT, (
+                f"amount: referred order value over {velocity.max_order_value_minor} in {velocity.period_days} days"
+            )
         return None
 
     def on_hold_expired(self, referee_id: str, now: datetime) -> list[Effect]:
@@ -790,8 +818,10 @@ class ReferralBook:
         self.dirty_referrals.add(referral.referee_id)
         if approve:
             return self._convert(referral)
-        reason = referral.reason or RejectReason.VELOCITY_COUNT_EXCEEDED
+        flagged = referral.reason.value if referral.reason else "unknown"
         referral.status = ReferralStatus.REJECTED
+        referral.reason = RejectReason.REJECTED_BY_STAFF
+        referral.reason_detail = f"held for {flagged} ({referral.reason_detail}); rejected by {staff}"
         for reward in referral.rewards.values():
             reward.status = RewardStatus.REJECTED
         return [
@@ -799,9 +829,9 @@ class ReferralBook:
                 referral.referral_id,
                 referral.referrer_id,
                 referral.referee_id,
-                reason,
+                RejectReason.REJECTED_BY_STAFF,
                 at,
-                f"rejected in review by {staff}",
+                referral.reason_detail,
             )
         ]
 

@@ -146,7 +146,7 @@ class FraudSection(_Section):
     @field_validator("review_instead_of_reject")
     @classmethod
     def _reviewable(cls, value: list[RejectReason]) -> list[RejectReason]:
-        never = {RejectReason.SELF_REFERRAL_SAME_CUSTOMER, RejectReason.REFERRAL_CYCLE}
+        never = {RejectReason.SELF_REFERRAL, RejectReason.REFERRAL_CYCLE}
         bad = [r.value for r in value if r in never or not r.fraud]
         if bad:
             raise ValueError(f"these reasons are always rejected, never reviewed: {', '.join(bad)}")

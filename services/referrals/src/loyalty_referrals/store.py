@@ -1,0 +1,471 @@
+"""Postgres persistence of referral state: load the slice a batch needs, save what the book changed.
+
+Every load and save is one multi-row statement per table for the whole batch (ANY($n) arrays, unnest,
+jsonb_to_recordset), so a batch costs a fixed number of round trips whatever its size. Referral rows are
+loaded FOR UPDATE (in key order) because the timer loop and the review API change them too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from loyalty_referrals.domain import (
+    Claim,
+    ClaimSource,
+    Customer,
+    FirstOrder,
+    Invitation,
+    Referral,
+    ReferralBook,
+    ReferralStatus,
+    RejectReason,
+    Reward,
+    RewardSpec,
+    RewardStatus,
+    Rules,
+    normalize_code,
+)
+
+CHAIN_DEPTH_LIMIT = 100  # referral chains are short; the limit only guards against a cycle in stored data
+
+
+@dataclass
+class BatchNeeds:
+    """What one tenant's slice of a batch touches."""
+
+    subjects: set[str] = field(default_factory=set)  # customers whose own events are in the batch
+    codes: set[str] = field(default_factory=set)  # normalized codes typed by customers
+    contact_hashes: set[str] = field(default_factory=set)
+    referrers: set[str] = field(default_factory=set)  # referrers named by invitations in the batch
+    earliest: datetime | None = None
+
+    def saw(self, at: datetime) -> None:
+        if self.earliest is None or at < self.earliest:
+            self.earliest = at
+
+
+def _customer(row: asyncpg.Record) -> Customer:
+    return Customer(
+        customer_id=row["customer_id"],
+        registered_at=row["registered_at"],
+        contact_hashes=frozenset(row["contact_hashes"]),
+        email_domain=row["email_domain"],
+        payment_fingerprints=frozenset(row["payment_fingerprints"]),
+        shipping_addresses=frozenset(row["shipping_addresses"]),
+        first_order=None
+        if row["first_order_id"] is None
+        else FirstOrder(
+            row["first_order_id"],
+            row["first_order_at"],
+            row["first_order_value"],
+            row["first_order_payment"],
+            row["first_order_address"],
+        ),
+        code=row["code"],
+    )
+
+
+def _spec_json(spec: RewardSpec) -> dict[str, Any]:
+    return {
+        "kind": spec.kind,
+        "points": spec.points,
+        "amount_minor": spec.amount_minor,
+        "currency": spec.currency,
+        "perk": spec.perk,
+    }
+
+
+def _rewards_json(referral: Referral) -> str:
+    return json.dumps(
+        {
+            role: {
+                "beneficiary_id": reward.beneficiary_id,
+                "status": reward.status.value,
+                "granted_at": reward.granted_at.isoformat() if reward.granted_at else None,
+                "revoked_at": reward.revoked_at.isoformat() if reward.revoked_at else None,
+                **_spec_json(reward.spec),
+            }
+            for role, reward in referral.rewards.items()
+        }
+    )
+
+
+def _rewards(raw: str) -> dict[str, Reward]:
+    out: dict[str, Reward] = {}
+    for role, item in json.loads(raw).items():
+        out[role] = Reward(
+            role=role,
+            beneficiary_id=item["beneficiary_id"],
+            spec=RewardSpec(
+                kind=item["kind"],
+                points=item["points"],
+                amount_minor=item["amount_minor"],
+                currency=item["currency"],
+                perk=item["perk"],
+            ),
+            status=RewardStatus(item["status"]),
+            granted_at=datetime.fromisoformat(item["granted_at"]) if item["granted_at"] else None,
+            revoked_at=datetime.fromisoformat(item["revoked_at"]) if item["revoked_at"] else None,
+        )
+    return out
+
+
+def referral_from_row(row: asyncpg.Record) -> Referral:
+    return Referral(
+        referral_id=row["referral_id"],
+        referrer_id=row["referrer_id"],
+        referee_id=row["referee_id"],
+        source=ClaimSource(row["source"]),
+        claimed_at=row["claimed_at"],
+        order_id=row["order_id"],
+        order_value_minor=row["order_value_minor"],
+        converted_at=row["converted_at"],
+        status=ReferralStatus(row["status"]),
+        reason=RejectReason(row["reason"]) if row["reason"] else None,
+        reason_detail=row["reason_detail"],
+        hold_until=row["hold_until"],
+        refunded_minor=row["refunded_minor"],
+        rewards=_rewards(row["rewards"]),
+        reviewed_by=row["reviewed_by"],
+    )
+
+
+_REFERRAL_COLUMNS = (
+    "referee_id, referral_id, referrer_id, source, claimed_at, order_id, order_value_minor, converted_at, "
+    "status, reason, reason_detail, hold_until, refunded_minor, reviewed_by, rewards::text AS rewards"
+)
+
+
+async def load_book(conn: asyncpg.Connection, tenant: str, rules: Rules, needs: BatchNeeds) -> ReferralBook:
+    """Everything the batch's events can read, in a fixed number of queries."""
+    book = ReferralBook(tenant=tenant, rules=rules)
+    codes = sorted(needs.codes)
+    hashes = sorted(needs.contact_hashes)
+
+    for row in await conn.fetch(
+        "SELECT code, customer_id FROM codes WHERE tenant = $1 AND code = ANY($2::text[])", tenant, codes
+    ):
+        book.codes[row["code"]] = row["customer_id"]
+
+    for row in await conn.fetch(
+        "SELECT invitation_id, referrer_id, contact_hash, invited_at, channel, email_domain FROM invitations "
+        "WHERE tenant = $1 AND contact_hash = ANY($2::text[])",
+        tenant,
+        hashes,
+    ):
+        book.invitations[row["invitation_id"]] = Invitation(
+            row["invitation_id"],
+            row["referrer_id"],
+            row["contact_hash"],
+            row["invited_at"],
+            row["channel"],
+            row["email_domain"],
+        )
+
+    # Customers: the batch's subjects, everyone carrying a contact hash in play, and every possible referrer.
+    first_wave = await conn.fetch(
+        "SELECT * FROM customers WHERE tenant = $1 AND (customer_id = ANY($2::text[]) OR customer_id IN "
+        "(SELECT customer_id FROM customer_contacts WHERE tenant = $1 AND contact_hash = ANY($3::text[])))",
+        tenant,
+        sorted(needs.subjects),
+        hashes,
+    )
+    for row in first_wave:
+        book.customers[row["customer_id"]] = _customer(row)
+    referees = sorted(book.customers.keys() | needs.subjects)
+
+    for row in await conn.fetch(
+        "SELECT referee_id, referrer_id, source, claimed_at, invitation_id, email_domain FROM claims "
+        "WHERE tenant = $1 AND referee_id = ANY($2::text[])",
+        tenant,
+        referees,
+    ):
+        book.claims.setdefault(row["referee_id"], []).append(
+            Claim(
+                row["referee_id"],
+                row["referrer_id"],
+                ClaimSource(row["source"]),
+                row["claimed_at"],
+                row["invitation_id"] or None,
+                row["email_domain"],
+            )
+        )
+
+    for row in await conn.fetch(
+        f"SELECT {_REFERRAL_COLUMNS} FROM referrals WHERE tenant = $1 AND referee_id = ANY($2::text[]) "
+        "ORDER BY referee_id FOR UPDATE",
+        tenant,
+        referees,
+    ):
+        book.referrals[row["referee_id"]] = referral_from_row(row)
+
+    referrers = set(book.codes.values()) | needs.referrers
+    referrers |= {inv.referrer_id for inv in book.invitations.values()}
+    referrers |= {c.referrer_id for claims in book.claims.values() for c in claims}
+    missing = sorted(referrers - book.customers.keys())
+    if missing:
+        for row in await conn.fetch(
+            "SELECT * FROM customers WHERE tenant = $1 AND customer_id = ANY($2::text[])", tenant, missing
+        ):
+            book.customers[row["customer_id"]] = _customer(row)
+
+    # The paying chains above every possible referrer (cycle check) and above the batch's referees.
+    for row in await conn.fetch(
+        """
+        WITH RECURSIVE chain(referee_id, referrer_id, depth) AS (
+            SELECT referee_id, referrer_id, 1 FROM referrals
+            WHERE tenant = $1 AND referee_id = ANY($2::text[]) AND status <> 'rejected'
+            UNION ALL
+            SELECT r.referee_id, r.referrer_id, c.depth + 1 FROM referrals r
+            JOIN chain c ON r.tenant = $1 AND r.referee_id = c.referrer_id
+            WHERE r.status <> 'rejected' AND c.depth < $3
+        )
+        SELECT DISTINCT referee_id, referrer_id FROM chain
+        """,
+        tenant,
+        sorted(referrers | set(referees)),
+        CHAIN_DEPTH_LIMIT,
+    ):
+        book.referrer_of[row["referee_id"]] = row["referrer_id"]
+
+    if referrers and needs.earliest is not None:
+        since = needs.earliest - timedelta(days=rules.velocity.period_days)
+        for row in await conn.fetch(
+            "SELECT referrer_id, converted_at, order_value_minor, referral_id FROM referrals "
+            "WHERE tenant = $1 AND referrer_id = ANY($2::text[]) AND status <> 'rejected' AND converted_at > $3",
+            tenant,
+            sorted(referrers),
+            since,
+        ):
+            book.conversions.setdefault(row["referrer_id"], []).append(
+                (row["converted_at"], row["order_value_minor"], row["referral_id"])
+            )
+    return book
+
+
+async def load_referrals(
+    conn: asyncpg.Connection, tenant: str, rules: Rules, referral_ids: Sequence[str]
+) -> ReferralBook:
+    """A book holding only some referrals (timers, reviews), locked for the transaction."""
+    book = ReferralBook(tenant=tenant, rules=rules)
+    for row in await conn.fetch(
+        f"SELECT {_REFERRAL_COLUMNS} FROM referrals WHERE tenant = $1 AND referral_id = ANY($2::text[]) "
+        "ORDER BY referee_id FOR UPDATE",
+        tenant,
+        list(referral_ids),
+    ):
+        book.referrals[row["referee_id"]] = referral_from_row(row)
+    return book
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
+    """Write what the book changed: one statement per table."""
+    tenant = book.tenant
+    customers = [book.customers[c] for c in sorted(book.dirty_customers)]
+    if customers:
+        await conn.execute(
+            """
+            INSERT INTO customers AS c (tenant, customer_id, registered_at, contact_hashes, email_domain,
+                payment_fingerprints, shipping_addresses, first_order_id, first_order_at, first_order_value,
+                first_order_payment, first_order_address, code)
+            SELECT $1, x.customer_id, x.registered_at, x.contact_hashes, x.email_domain, x.payment_fingerprints,
+                x.shipping_addresses, x.first_order_id, x.first_order_at, x.first_order_value,
+                x.first_order_payment, x.first_order_address, x.code
+            FROM jsonb_to_recordset($2::jsonb) AS x(customer_id text, registered_at timestamptz,
+                contact_hashes text[], email_domain text, payment_fingerprints text[], shipping_addresses text[],
+                first_order_id text, first_order_at timestamptz, first_order_value bigint,
+                first_order_payment text, first_order_address text, code text)
+            ON CONFLICT (tenant, customer_id) DO UPDATE SET
+                registered_at = EXCLUDED.registered_at, contact_hashes = EXCLUDED.contact_hashes,
+                email_domain = EXCLUDED.email_domain, payment_fingerprints = EXCLUDED.payment_fingerprints,
+                shipping_addresses = EXCLUDED.shipping_addresses, first_order_id = EXCLUDED.first_order_id,
+                first_order_at = EXCLUDED.first_order_at, first_order_value = EXCLUDED.first_order_value,
+                first_order_payment = EXCLUDED.first_order_payment,
+                first_order_address = EXCLUDED.first_order_address, code = COALESCE(c.code, EXCLUDED.code)
+            """,
+            tenant,
+            json.dumps(
+                [
+                    {
+                        "customer_id": c.customer_id,
+                        "registered_at": _ts(c.registered_at),
+                        "contact_hashes": sorted(c.contact_hashes),
+                        "email_domain": c.email_domain,
+                        "payment_fingerprints": sorted(c.payment_fingerprints),
+                        "shipping_addresses": sorted(c.shipping_addresses),
+                        "first_order_id": c.first_order.order_id if c.first_order else None,
+                        "first_order_at": _ts(c.first_order.at) if c.first_order else None,
+                        "first_order_value": c.first_order.value_minor if c.first_order else None,
+                        "first_order_payment": c.first_order.payment_fingerprint if c.first_order else None,
+                        "first_order_address": c.first_order.shipping_address if c.first_order else None,
+                        "code": c.code,
+                    }
+                    for c in customers
+                ]
+            ),
+        )
+        pairs = [(h, c.customer_id) for c in customers for h in sorted(c.contact_hashes)]
+        if pairs:
+            await conn.execute(
+                "INSERT INTO customer_contacts (tenant, contact_hash, customer_id) "
+                "SELECT $1, h, c FROM unnest($2::text[], $3::text[]) AS u(h, c) ON CONFLICT DO NOTHING",
+                tenant,
+                [h for h, _ in pairs],
+                [c for _, c in pairs],
+            )
+        issued = [c for c in customers if c.code is not None]
+        if issued:
+            await conn.execute(
+                "INSERT INTO codes (tenant, code, customer_id, vanity, created_at) "
+                "SELECT $1, code, cid, false, now() FROM unnest($2::text[], $3::text[]) AS u(code, cid) "
+                "ON CONFLICT (tenant, customer_id) WHERE NOT vanity DO NOTHING",
+                tenant,
+                [normalize_code(c.code or "") for c in issued],
+                [c.customer_id for c in issued],
+            )
+    if book.new_invitations:
+        invs = book.new_invitations
+        await conn.execute(
+            "INSERT INTO invitations (tenant, invitation_id, referrer_id, contact_hash, invited_at, channel, "
+            "email_domain) SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], "
+            "$6::text[], $7::text[]) ON CONFLICT DO NOTHING",
+            tenant,
+            [i.invitation_id for i in invs],
+            [i.referrer_id for i in invs],
+            [i.contact_hash for i in invs],
+            [i.at for i in invs],
+            [i.channel for i in invs],
+            [i.email_domain for i in invs],
+        )
+    if book.new_claims:
+        claims = book.new_claims
+        await conn.execute(
+            "INSERT INTO claims (tenant, referee_id, referrer_id, source, claimed_at, invitation_id, email_domain) "
+            "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::smallint[], $5::timestamptz[], $6::text[], "
+            "$7::text[]) ON CONFLICT DO NOTHING",
+            tenant,
+            [c.referee_id for c in claims],
+            [c.referrer_id for c in claims],
+            [int(c.source) for c in claims],
+            [c.claimed_at for c in claims],
+            [c.invitation_id or "" for c in claims],
+            [c.email_domain for c in claims],
+        )
+    await save_referrals(conn, tenant, [book.referrals[r] for r in sorted(book.dirty_referrals)])
+
+
+async def save_referrals(conn: asyncpg.Connection, tenant: str, referrals: Sequence[Referral]) -> None:
+    if not referrals:
+        return
+    await conn.execute(
+        """
+        INSERT INTO referrals (tenant, referee_id, referral_id, referrer_id, source, claimed_at, order_id,
+            order_value_minor, converted_at, status, reason, reason_detail, hold_until, refunded_minor,
+            reviewed_by, rewards)
+        SELECT $1, x.referee_id, x.referral_id, x.referrer_id, x.source, x.claimed_at, x.order_id,
+            x.order_value_minor, x.converted_at, x.status, x.reason, x.reason_detail, x.hold_until,
+            x.refunded_minor, x.reviewed_by, x.rewards
+        FROM jsonb_to_recordset($2::jsonb) AS x(referee_id text, referral_id text, referrer_id text,
+            source smallint, claimed_at timestamptz, order_id text, order_value_minor bigint,
+            converted_at timestamptz, status text, reason text, reason_detail text, hold_until timestamptz,
+            refunded_minor bigint, reviewed_by text, rewards jsonb)
+        ON CONFLICT (tenant, referee_id) DO UPDATE SET
+            status = EXCLUDED.status, reason = EXCLUDED.reason, reason_detail = EXCLUDED.reason_detail,
+            hold_until = EXCLUDED.hold_until, refunded_minor = EXCLUDED.refunded_minor,
+            reviewed_by = EXCLUDED.reviewed_by, rewards = EXCLUDED.rewards
+        """,
+        tenant,
+        json.dumps(
+            [
+                {
+                    "referee_id": r.referee_id,
+                    "referral_id": r.referral_id,
+                    "referrer_id": r.referrer_id,
+                    "source": int(r.source),
+                    "claimed_at": _ts(r.claimed_at),
+                    "order_id": r.order_id,
+                    "order_value_minor": r.order_value_minor,
+                    "converted_at": _ts(r.converted_at),
+                    "status": r.status.value,
+                    "reason": r.reason.value if r.reason else None,
+                    "reason_detail": r.reason_detail,
+                    "hold_until": _ts(r.hold_until),
+                    "refunded_minor": r.refunded_minor,
+                    "reviewed_by": r.reviewed_by,
+                    "rewards": json.loads(_rewards_json(r)),
+                }
+                for r in referrals
+            ]
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class RejectionRow:
+    event_id: str
+    referee_id: str
+    referrer_id: str | None
+    referral_id: str
+    reason: str
+    detail: str
+    at: datetime
+
+
+async def save_rejections(conn: asyncpg.Connection, tenant: str, rows: Sequence[RejectionRow]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO rejections (tenant, event_id, referee_id, referrer_id, referral_id, reason, detail, "
+        "rejected_at) SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+        "$7::text[], $8::timestamptz[]) ON CONFLICT DO NOTHING",
+        tenant,
+        [r.event_id for r in rows],
+        [r.referee_id for r in rows],
+        [r.referrer_id for r in rows],
+        [r.referral_id for r in rows],
+        [r.reason for r in rows],
+        [r.detail for r in rows],
+        [r.at for r in rows],
+    )
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    feedback_id: str
+    customer_id: str
+    survey_kind: str
+    score: int
+    at: datetime
+
+
+async def save_feedback(conn: asyncpg.Connection, tenant: str, rows: Sequence[FeedbackRow]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO feedback (tenant, feedback_id, customer_id, survey_kind, score, received_at) "
+        "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[]) "
+        "ON CONFLICT DO NOTHING",
+        tenant,
+        [r.feedback_id for r in rows],
+        [r.customer_id for r in rows],
+        [r.survey_kind for r in rows],
+        [r.score for r in rows],
+        [r.at for r in rows],
+    )
+
+
+async def taken_codes(conn: asyncpg.Connection, tenant: str, codes: Iterable[str]) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT code FROM codes WHERE tenant = $1 AND code = ANY($2::text[])", tenant, sorted(set(codes))
+    )
+    return {r["code"] for r in rows}
