@@ -31,6 +31,8 @@ def test_chart_renders_every_expected_kind(manifests: list[dict[str, Any]]) -> N
         assert counts.get(kind) == 4, f"{kind}: {counts.get(kind)}"
     assert counts["Cluster"] == 1 and counts["Database"] == 1 and counts["ConfigMap"] == 1
     assert counts["KafkaUser"] == 6  # four services, retailer producer, partner reader
+    assert counts["Pod"] == 4  # `helm test` readiness pods
+    assert "PodMonitor" not in counts  # opt-in
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -178,3 +179,32 @@ def test_migrate_applies_kit_and_service_migrations_once(pg_admin_dsn: str) -> N
             assert "kit" in asyncio.run(ledger(service))
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+def test_healthcheck_passes_only_on_http_200(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    script = str(DEPLOY / "docker" / "healthcheck.py")
+
+    def probe(*args: str) -> int:
+        env = {**os.environ, "LOYALTY_HTTP_PORT": str(port)}
+        return subprocess.run([sys.executable, script, *args], env=env, capture_output=True, timeout=10).returncode
+
+    try:
+        assert probe() == 0  # default: this container's /healthz
+        assert probe(f"http://127.0.0.1:{port}/readyz") == 1  # 503
+    finally:
+        server.shutdown()
+    assert probe() == 1  # nothing listening

@@ -6,20 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from deploy_chart import REPO, SERVICES, by_kind, env_of, one, render
+from deploy_chart import REPO, SERVICES, by_kind, crd_errors, env_of, one, render
 
 
 def pod_specs(manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [
-        (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
+        (f"{d['kind']}/{d['metadata']['name']}", d["spec"] if d["kind"] == "Pod" else d["spec"]["template"]["spec"])
         for d in manifests
-        if d["kind"] in ("Deployment", "Job")
+        if d["kind"] in ("Deployment", "Job", "Pod")
     ]
 
 
 def test_every_pod_is_non_root_read_only_and_unprivileged(manifests: list[dict[str, Any]]) -> None:
     pods = pod_specs(manifests)
-    assert len(pods) == 8  # four Deployments, four migration Jobs
+    assert len(pods) == 12  # four Deployments, four migration Jobs, four `helm test` pods
     for name, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] != 0, name
@@ -30,8 +30,9 @@ def test_every_pod_is_non_root_read_only_and_unprivileged(manifests: list[dict[s
             assert sc["readOnlyRootFilesystem"] is True, name
             assert sc["allowPrivilegeEscalation"] is False, name
             assert sc["capabilities"]["drop"] == ["ALL"], name
-            mounts = {m["mountPath"] for m in container["volumeMounts"]}
-            assert "/tmp" in mounts, f"{name}: a read-only root needs a writable /tmp"
+            if not name.startswith("Pod/"):  # the test pods only run a stdlib HTTP GET
+                mounts = {m["mountPath"] for m in container["volumeMounts"]}
+                assert "/tmp" in mounts, f"{name}: a read-only root needs a writable /tmp"
             assert container["resources"]["requests"], name
 
 
@@ -67,6 +68,9 @@ def test_deployment_runs_the_service_with_probes_on_health_routes(
 def test_secrets_are_only_referenced(manifests: list[dict[str, Any]]) -> None:
     assert by_kind(manifests, "Secret") == []
     for name, pod in pod_specs(manifests):
+        if name.startswith("Pod/"):
+            assert "env" not in pod["containers"][0], name
+            continue
         for container in pod["containers"]:
             for entry in container["env"]:
                 sensitive = any(word in entry["name"] for word in ("PASSWORD", "SECRET", "TOKEN", "KEY"))
@@ -171,3 +175,42 @@ def test_a_disabled_service_leaves_no_trace(helm: str) -> None:
     cluster = one(docs, "Cluster", "t-loyalty-suite-pg")["spec"]
     assert "notifier" not in {r["name"] for r in cluster["managed"]["roles"]}
     assert len(by_kind(docs, "Deployment")) == 3
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_helm_test_pod_checks_the_service_readiness(manifests: list[dict[str, Any]], service: str) -> None:
+    pod = one(manifests, "Pod", f"t-loyalty-suite-{service}-test-ready")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["containers"][0]["command"][-1] == f"http://t-loyalty-suite-{service}:8080/readyz"
+
+
+def test_pod_monitor_scrapes_service_pods_only_with_the_service_as_job(helm: str) -> None:
+    docs = render("--set", "observability.prometheus.podMonitor.enabled=true",
+                  "--set", "observability.prometheus.podMonitor.labels.release=kube-prometheus")
+    monitor = one(docs, "PodMonitor", "t-loyalty-suite")
+    assert crd_errors(monitor) == []
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/component"
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+
+    def selected(labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    for deployment in by_kind(docs, "Deployment"):
+        assert selected(deployment["spec"]["template"]["metadata"]["labels"])
+    for job in by_kind(docs, "Job"):
+        assert not selected(job["spec"]["template"]["metadata"]["labels"])
+    for pod in by_kind(docs, "Pod"):
+        assert not selected(pod["metadata"]["labels"])
+
+
+def test_spans_carry_the_pod_identity(manifests: list[dict[str, Any]]) -> None:
+    container = one(manifests, "Deployment", "t-loyalty-suite-tiers")["spec"]["template"]["spec"]["containers"][0]
+    names = [e["name"] for e in container["env"]]
+    env = env_of(container)
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["OTEL_RESOURCE_ATTRIBUTES"] == "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
+    # Kubernetes expands $(VAR) only for variables defined earlier in the list.
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    assert names.index("POD_NAMESPACE") < names.index("OTEL_RESOURCE_ATTRIBUTES")

@@ -152,6 +152,13 @@ Strimzi-generated KafkaUser secret.
 {{- end }}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "loyalty-%s" $svc | quote }}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: POD_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+# Read by the OpenTelemetry SDK's resource detector: spans say which pod they came from.
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
 {{- range $name, $value := $cfg.env }}
 - name: {{ $name }}
   value: {{ $value | quote }}
