@@ -1,6 +1,7 @@
 """A tiny service for the kit's tests: counts purchases per customer, emits one milestone per purchase.
 
-An order id starting with "POISON" makes the handler fail deterministically, unless ``healed`` is set.
+An order id starting with "POISON" makes the handler fail deterministically, unless ``healed`` is set;
+``connection_drops`` makes the next N handler calls fail like a lost database connection (transient).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
 from loyalty_contracts.events.retail import PurchaseMade
 from loyalty_contracts.events.tiers import TierProgressMilestone
 from loyalty_kit import BatchContext, ServiceApp, ServiceSettings, Timer, TimerContext
@@ -23,10 +25,14 @@ class Poisoned(Exception):
 
 def build(settings: ServiceSettings, **kwargs: object) -> ServiceApp:
     app = ServiceApp(settings.service, settings, MIGRATIONS, **kwargs)  # type: ignore[arg-type]
-    app.state = {"healed": False, "fired": []}  # type: ignore[attr-defined]
+    app.state = {"healed": False, "fired": [], "connection_drops": 0}  # type: ignore[attr-defined]
 
     @app.batch_handler(PURCHASE)
     async def on_purchases(ctx: BatchContext) -> None:
+        state = app.state  # type: ignore[attr-defined]
+        if state["connection_drops"] > 0:
+            state["connection_drops"] -= 1
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         per_customer: Counter[tuple[str, str]] = Counter()
         for env in ctx.events:
             data = env.data

@@ -164,3 +164,24 @@ async def test_consume_produce_hop_keeps_the_trace(
     span = consume_spans[0]
     assert f"{span.context.span_id:016x}" == out_span
     assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_span_id
+
+
+async def test_transient_database_errors_are_retried_not_dead_lettered(
+    kafka_bootstrap: str, kit_db: str, service_name: str, suffix: str
+) -> None:
+    settings = isolated_settings(service_name, kafka_bootstrap, kit_db, suffix, pg_admin_dsn=kit_db)
+    prefix = settings.topic_prefix
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    app = build(settings)
+    app.state["connection_drops"] = 3  # type: ignore[attr-defined]
+    async with running(app), TopicReader(kafka_bootstrap, prefix + topic_for(MILESTONE)) as out:
+        await publish(kafka_bootstrap, purchases(["x", "y"], 3), topic_prefix=prefix)
+        await out.wait_for(6)
+        assert await counts(kit_db, service_name) == {"x": 3, "y": 3}
+        assert app.metrics.retries.labels("batch")._value.get() >= 3
+        assert sum(s.get() for s in _samples(app.metrics.dead_letters)) == 0
+        assert app.state["connection_drops"] == 0  # type: ignore[attr-defined]
+
+
+def _samples(counter: Any) -> list[Any]:
+    return [child._value for child in counter._metrics.values()]

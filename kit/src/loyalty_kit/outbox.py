@@ -32,26 +32,24 @@ def notify_channel(schema: str) -> str:
     return f"loyalty_outbox_{schema}"
 
 
-def _headers_json(headers: Sequence[tuple[str, bytes]]) -> bytes:
-    # latin-1 maps every byte to one code point, so any header value round-trips through JSON text.
-    return json.dumps([[name, value.decode("latin-1")] for name, value in headers]).encode()
+def _headers_from_row(row: asyncpg.Record) -> list[tuple[str, bytes]]:
+    if row["header_names"] or row["headers"] is None:
+        return list(zip(row["header_names"], row["header_values"], strict=True))
+    # Rows written before migration 0002 kept JSON [[name, latin-1 text]].
+    return [(name, value.encode("latin-1")) for name, value in json.loads(row["headers"])]
 
 
-def _headers_from_json(raw: bytes) -> list[tuple[str, bytes]]:
-    return [(name, value.encode("latin-1")) for name, value in json.loads(raw)]
+OUTBOX_COLUMNS = ["topic", "key", "header_names", "header_values", "value"]
 
 
 async def insert(conn: asyncpg.Connection, records: Sequence[KafkaRecord], schema: str) -> None:
-    """Multi-row insert in the caller's transaction, plus a NOTIFY delivered when it commits."""
+    """Binary COPY into the outbox in the caller's transaction, plus a NOTIFY delivered when it commits."""
     if not records:
         return
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, headers, value) "
-        "SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[])",
-        [r.topic for r in records],
-        [r.key for r in records],
-        [_headers_json(r.headers) for r in records],
-        [r.value for r in records],
+    await conn.copy_records_to_table(
+        "outbox",
+        records=[(r.topic, r.key, [h[0] for h in r.headers], [h[1] for h in r.headers], r.value) for r in records],
+        columns=OUTBOX_COLUMNS,
     )
     await conn.execute("SELECT pg_notify($1, '')", notify_channel(schema))
 
@@ -151,13 +149,13 @@ class OutboxRelay:
             async with conn.transaction():
                 rows = await conn.fetch(
                     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1) "
-                    "RETURNING id, topic, key, headers, value",
+                    "RETURNING id, topic, key, header_names, header_values, headers, value",
                     self.batch_rows,
                 )
                 rows.sort(key=lambda r: r["id"])  # RETURNING has no order; publish in id order
                 futures = [
                     await self.producer.send(
-                        r["topic"], value=r["value"], key=r["key"], headers=_headers_from_json(r["headers"])
+                        r["topic"], value=r["value"], key=r["key"], headers=_headers_from_row(r)
                     )
                     for r in rows
                 ]
