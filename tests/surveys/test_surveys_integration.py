@@ -29,9 +29,10 @@ from loyalty_kit.testing import (
     wait_until,
 )
 from loyalty_kit.topics import ensure_topics
+from loyalty_surveys import domain
 from loyalty_surveys.app import build_app
 
-from .helpers import EXAMPLE_PROGRAM
+from .helpers import EXAMPLE_PROGRAM, example_program
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,34 @@ def clock(at: datetime) -> Envelope:
             effective_at=at,
         )
     )
+
+
+def registered(customer: str, locale: str) -> Envelope:
+    return env(
+        retail.CustomerRegistered(
+            customer_id=customer,
+            occurred_at=T - timedelta(days=1),
+            name="Ира",
+            locale=locale,
+            time_zone="Europe/Moscow",
+            contacts=retail.Contacts(phone="+79001234567"),
+            consents=retail.Consents(survey=True),
+        )
+    )
+
+
+def sampled_consultation(customer: str) -> Envelope:
+    """A consultation the 50 % sampling picks (the draw is deterministic in the event id)."""
+    program = example_program()
+    while True:
+        candidate = env(
+            retail.ConsultationCompleted(
+                customer_id=customer, occurred_at=T, consultation_id=uuid.uuid4().hex, store_id="store-1"
+            )
+        )
+        fact = domain.TriggerFact(TENANT, "ConsultationCompleted", candidate.id, customer, T)
+        if domain.plan_surveys(fact, program):
+            return candidate
 
 
 @pytest.fixture
@@ -141,10 +170,16 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
             ],
             topic_prefix=prefix,
         )
+        # ... and a Russian-speaking customer's consultation → the one question an hour later, in Russian.
+        await publish(kafka_bootstrap, [registered("c-ru", "ru"), sampled_consultation("c-ru")], topic_prefix=prefix)
         await publish(kafka_bootstrap, [clock(T + timedelta(days=2))], topic_prefix=prefix)
         await publish(kafka_bootstrap, [clock(T + timedelta(days=2, hours=6))], topic_prefix=prefix)
-        requested = await wait_events(reader, "SurveyRequested", 4)
-        by_customer = {e.data.customer_id: e for e in requested}
+        requested = await wait_events(reader, "SurveyRequested", 5)
+        [question] = [e.data for e in requested if e.data.kind == "question"]
+        assert question.customer_id == "c-ru" and question.survey_id == "consultation-question"
+        assert question.question == "Что одно сделало бы консультацию лучше?"
+        assert question.trigger == "consultation" and question.occurred_at == T + timedelta(hours=1)
+        by_customer = {e.data.customer_id: e for e in requested if e.data.kind == "csat"}
         assert sorted(by_customer) == sorted(customers)
         happy_request = by_customer["c-happy"].data
         assert happy_request.kind == "csat" and happy_request.survey_id == "delivery-csat"
@@ -272,8 +307,8 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
         rate_response = await client.get(f"/surveys/{TENANT}/response-rate", headers=API_KEY)
         assert rate_response.status_code == 200, rate_response.text
         rate = rate_response.json()
-        assert (rate["requested"], rate["answered"], rate["suppressed"]) == (4, 3, 1)
-        assert rate["response_rate"] == 1.0  # the suppressed survey is not an unanswered one
+        assert (rate["requested"], rate["answered"], rate["suppressed"]) == (5, 3, 1)
+        assert rate["response_rate"] == 0.75  # 3 of the 4 that reached someone: suppressed is not unanswered
         ignored_account = (await client.get(f"/surveys/{TENANT}/customers/c-ignored", headers=API_KEY)).json()
         # delivery +1, answered +1, CSAT 1–2 −4, deadline breached −3, improvement told +2
         assert ignored_account["balance"] == -3 and ignored_account["at_risk"] is True
@@ -305,7 +340,7 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
         await _settle(app)
         assert len(events_of(reader, "FollowUpRequested")) == 1
         assert len(events_of(reader, "FeedbackReceived")) == 4
-        assert {e.data.kind for e in events_of(reader, "SurveyRequested")} == {"csat"}
+        assert {e.data.kind for e in events_of(reader, "SurveyRequested")} == {"csat", "question"}
         await client.aclose()
 
 
