@@ -5,6 +5,7 @@ vendored operator CRDs (deploy/crds)."""
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -122,3 +123,15 @@ def test_inconsistent_values_fail_with_a_reason(
     with pytest.raises(RenderError) as failure:
         render(*args) if values is None else render(*args, values=values)
     assert expected in str(failure.value)
+
+
+def test_names_fit_kubernetes_limits_with_the_longest_release_name(helm: str) -> None:
+    release = "r" * 53  # helm's own maximum release name length
+    docs = render(release=release)
+    label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        assert len(name) <= 253, name
+        if doc["kind"] in ("Service", "Job", "Deployment", "ServiceAccount", "KafkaUser"):
+            # DNS labels (Services, the job-name pod label, generated pod names) and Kafka principals.
+            assert len(name) <= 63 and label.match(name), f"{doc['kind']} {name!r}"

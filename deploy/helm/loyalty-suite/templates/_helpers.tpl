@@ -1,10 +1,10 @@
-{{/* Release-scoped base name, at most 50 chars so "-<service>-migrate" still fits 63. */}}
+{{/* Release-scoped base name, at most 40 chars so "-<service>-migrate" (at most 18) still fits 63. */}}
 {{- define "loyalty.fullname" -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
