@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import jsonschema
 import pytest
 import yaml
 from deploy_chart import DEPLOY, REPO, SERVICES
@@ -32,6 +33,18 @@ def host_path(spec: str) -> Path | None:
     """The host side of a bind mount "src:dst[:mode]" (None for a named volume or tmpfs)."""
     source = spec.split(":", 1)[0]
     return (DEPLOY / source).resolve() if source.startswith((".", "/")) else None
+
+
+def test_compose_file_matches_the_compose_spec_schema(compose: dict[str, Any]) -> None:
+    schema = json.loads((DEPLOY / "compose" / "schema" / "compose-spec.json").read_text())
+    # The vendored schema predates the top-level project `name` (a later compose-spec addition).
+    schema["properties"]["name"] = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"}
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["tiers"]["read_only_fs"] = True  # a typo must not pass
+    assert list(validator.iter_errors(broken))
 
 
 def test_every_reference_resolves(compose: dict[str, Any]) -> None:
