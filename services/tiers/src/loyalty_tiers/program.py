@@ -77,7 +77,7 @@ class ReferralRule(_Section):
     the grant's own points; an integer books that fixed amount per grant.
     """
 
-    roles: list[Literal["referrer", "referee"]] = Field(default_factory=lambda: ["referrer"])
+    roles: list[Literal["referrer", "referee"]] = Field(default_factory=lambda: ["referrer"])  # type: ignore[arg-type]
     points: int | None = Field(default=None, ge=0)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -73,7 +74,9 @@ _CUSTOMER_COLUMNS = (
 
 
 def _customer(row: asyncpg.Record) -> CustomerRow:
-    return CustomerRow(**{k: (tuple(v) if k == "milestones" else v) for k, v in row.items()})
+    values: dict[str, Any] = dict(row.items())
+    values["milestones"] = tuple(values["milestones"])
+    return CustomerRow(**values)
 
 
 async def lock_customers(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> None:
