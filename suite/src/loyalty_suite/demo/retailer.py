@@ -808,13 +808,33 @@ def expected_facts(envelopes: Iterable[Envelope]) -> ExpectedFacts:
 # ---------------------------------------------------------------------------------------------- Kafka
 
 
-async def ensure_topics(bootstrap: str) -> list[str]:
+def catalogue_topic_names(prefix: str = "") -> list[str]:
+    """Every catalogue topic and dead-letter topic, optionally prefixed (isolated test runs)."""
+    return [prefix + t.name for t in TOPICS] + [prefix + dead_letter_topic(s) for s in SERVICES]
+
+
+async def ensure_topics(bootstrap: str, prefix: str = "") -> list[str]:
     """Create every catalogue topic and the dead-letter topics (existing ones are left alone)."""
     from loyalty_kit.topics import ensure_topics as create_missing
 
-    names = [t.name for t in TOPICS] + [dead_letter_topic(s) for s in SERVICES]
-    await create_missing(bootstrap, names)
+    names = catalogue_topic_names(prefix)
+    await create_missing(bootstrap, names, prefix=prefix)
     return names
+
+
+async def topic_partitions(bootstrap: str, names: Iterable[str]) -> list[Any]:
+    """TopicPartitions of the named topics that exist (fresh metadata from the brokers)."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    return [TopicPartition(t["topic"], p["partition"]) for t in described if t["error_code"] == 0
+            for p in sorted(t["partitions"], key=lambda p: p["partition"])]
 
 
 class SimClock:
@@ -850,15 +870,16 @@ async def publish_stream(
     *,
     clock: SimClock | None = None,
     stop: asyncio.Event | None = None,
+    topic_prefix: str = "",
 ) -> PublishStats:
     """Publish envelopes in order at `rate` events/s (0 or less: as fast as possible).
 
     Creates the catalogue topics first. Uses an idempotent producer (acks=all), so a retry never duplicates.
-    `stop` ends the stream early (Ctrl-C); what was sent is flushed either way.
+    `stop` ends the stream early (Ctrl-C); what was sent is flushed either way. `topic_prefix` isolates a run.
     """
     from aiokafka import AIOKafkaProducer
 
-    await ensure_topics(bootstrap)
+    await ensure_topics(bootstrap, topic_prefix)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5)
     await producer.start()
     started = time.monotonic()
@@ -874,7 +895,8 @@ async def publish_stream(
                 if ahead > 0:
                     await asyncio.sleep(ahead)
             record = encode(env)
-            pending.append(await producer.send(record.topic, record.value, key=record.key, headers=record.headers))
+            pending.append(await producer.send(topic_prefix + record.topic, record.value, key=record.key,
+                                               headers=record.headers))
             count += 1
             by_type[env.data.event_type] += 1
             if clock is not None:
@@ -970,8 +992,10 @@ class CustomerSimulator:
     WATCHED = (SurveyRequested, FollowUpRequested, FeedbackReceived, DetractorCaseOpened)
 
     def __init__(self, bootstrap: str, plan: RetailerPlan, clock: SimClock, *, seed: int = 7,
-                 answer_share: float = 0.6, resolve_share: float = 0.85, on_time_share: float = 0.8) -> None:
+                 answer_share: float = 0.6, resolve_share: float = 0.85, on_time_share: float = 0.8,
+                 topic_prefix: str = "") -> None:
         self.bootstrap = bootstrap
+        self.topic_prefix = topic_prefix
         self.plan = plan
         self.clock = clock
         self.rng = random.Random(seed)
@@ -987,27 +1011,20 @@ class CustomerSimulator:
         self._producer: Any = None
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        await ensure_topics(self.bootstrap)
+        await ensure_topics(self.bootstrap, self.topic_prefix)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                           enable_auto_commit=False)
         await self._consumer.start()
-        partitions = []
-        for model in self.WATCHED:
-            topic = topic_for(model.ce_type())
-            for p in sorted(self._consumer.partitions_for_topic(topic) or await self._partitions(topic)):
-                partitions.append(TopicPartition(topic, p))
+        partitions = await topic_partitions(
+            self.bootstrap, [self.topic_prefix + topic_for(model.ce_type()) for model in self.WATCHED])
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for tp in partitions:  # resolve the end offsets now, before the stream starts
             await self._consumer.position(tp)
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all")
         await self._producer.start()
-
-    async def _partitions(self, topic: str) -> set[int]:
-        await self._consumer._client.force_metadata_update()  # aiokafka has no public metadata refresh
-        return self._consumer.partitions_for_topic(topic) or {0}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -1083,7 +1100,8 @@ class CustomerSimulator:
             env = Envelope.new(event, tenant=self.plan.config.tenant, source=SOURCE,
                                id=str(_uuid(self.rng)), traceparent=_traceparent(self.rng))
             record = encode(env)
-            await self._producer.send(record.topic, record.value, key=record.key, headers=record.headers)
+            await self._producer.send(self.topic_prefix + record.topic, record.value, key=record.key,
+                                      headers=record.headers)
             self.published[event.event_type] += 1
         await self._producer.flush()
 

@@ -194,7 +194,7 @@ class Sinks:
         self.telegram_token = telegram_token or f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(24)}"
         self.webhook_secrets = webhook_secrets or [new_webhook_secret()]
         self._servers: list[asyncio.AbstractServer] = []
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: set[asyncio.StreamWriter] = set()
         self.endpoints: SinkEndpoints | None = None
 
     @property
@@ -226,8 +226,8 @@ class Sinks:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        for task in list(self._connections):
-            task.cancel()
+        for writer in list(self._connections):  # idle keep-alive connections: EOF ends their loops
+            writer.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
@@ -243,9 +243,7 @@ class Sinks:
     # -- HTTP/1.1 with keep-alive and Content-Length bodies (what httpx sends)
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
+        self._connections.add(writer)
         try:
             while True:
                 request_line = await reader.readline()
@@ -278,8 +276,7 @@ class Sinks:
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
-            if task is not None:
-                self._connections.discard(task)
+            self._connections.discard(writer)
             writer.close()
 
     @staticmethod
