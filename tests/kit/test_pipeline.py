@@ -75,11 +75,10 @@ async def test_crash_between_db_commit_and_offset_commit_causes_no_double_effect
     await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
     first = build(settings)
 
-    async def process_but_never_commit_offsets(msg: Any) -> None:
-        assert first.processor is not None
-        await first.processor.process(msg.raw_message)  # DB commit happens; the "crash" skips msg.ack()
+    async def crash_before_offset_commit(consumer: Any, records: Any) -> None:
+        return None  # the DB transaction has committed; the process "dies" before committing offsets
 
-    first._on_batch = process_but_never_commit_offsets  # type: ignore[method-assign]
+    first._commit_offsets = crash_before_offset_commit  # type: ignore[method-assign]
     async with TopicReader(kafka_bootstrap, prefix + topic_for(MILESTONE)) as out:
         async with running(first):
             await publish(kafka_bootstrap, events, topic_prefix=prefix)

@@ -60,6 +60,15 @@ class _Item:
 
 
 @dataclass
+class PreparedBatch:
+    records: Sequence[Any]
+    started: float
+    items: list[_Item] = field(default_factory=list)
+    undecodable: list[tuple[Any, DecodeError]] = field(default_factory=list)
+    ignored: int = 0
+
+
+@dataclass
 class BatchOutcome:
     records: int = 0
     applied: int = 0
@@ -103,17 +112,20 @@ class BatchProcessor:
         self.max_backoff_s = max_backoff_s
 
     async def process(self, records: Sequence[Any]) -> BatchOutcome:
-        started = time.perf_counter()
-        outcome = BatchOutcome(records=len(records))
-        items: list[_Item] = []
+        """Decode, dead-letter, dedup and apply one batch; returns when all of it is committed or dead-lettered."""
+        return await self.finish(self.prepare(records))
+
+    def prepare(self, records: Sequence[Any]) -> PreparedBatch:
+        """The CPU part (decode, spans): may run while the previous batch is still in its DB transaction."""
+        batch = PreparedBatch(records=records, started=time.perf_counter())
         for rec in records:
             try:
                 env = decode(rec.key, rec.value, rec.headers, known_tenants=self.known_tenants)
             except DecodeError as exc:
-                await self._dead_letter(rec, exc.reason.value, exc.detail, outcome)
+                batch.undecodable.append((rec, exc))
                 continue
             if env.type not in self.handlers:
-                outcome.ignored += 1  # another event type sharing the topic; not ours
+                batch.ignored += 1  # another event type sharing the topic; not ours
                 continue
             span = self.tracer.start_span(
                 f"{rec.topic} process",
@@ -127,15 +139,22 @@ class BatchProcessor:
                     "cloudevents.event_type": env.type,
                 },
             )
-            items.append(_Item(rec, env, span, traceparent_of(span) or env.traceparent))
+            batch.items.append(_Item(rec, env, span, traceparent_of(span) or env.traceparent))
+        return batch
+
+    async def finish(self, batch: PreparedBatch) -> BatchOutcome:
+        """The I/O part: dead letters, then the transaction(s). Re-running it after a failure is safe (inbox)."""
+        outcome = BatchOutcome(records=len(batch.records), ignored=batch.ignored)
         try:
-            if items:
-                await self._apply_or_split(items, outcome)
+            for rec, exc in batch.undecodable:
+                await self._dead_letter(rec, exc.reason.value, exc.detail, outcome)
+            if batch.items:
+                await self._apply_or_split(batch.items, outcome)
         finally:
-            for item in items:
+            for item in batch.items:
                 item.span.end()
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(records))
+        self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+        self.metrics.batch_size.observe(len(batch.records))
         return outcome
 
     async def _apply_or_split(self, items: list[_Item], outcome: BatchOutcome) -> None:

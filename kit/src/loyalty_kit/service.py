@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Container
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +27,6 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
@@ -39,7 +38,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from loyalty_kit import inbox, migrations, roles
-from loyalty_kit.batch import BatchHandler, BatchProcessor
+from loyalty_kit.batch import BatchHandler, BatchProcessor, PreparedBatch
 from loyalty_kit.db import check_identifier, create_pool
 from loyalty_kit.dlq import dlq_topic_name
 from loyalty_kit.logs import configure_logging
@@ -91,6 +90,7 @@ class ServiceApp:
         self.processor: BatchProcessor | None = None
         self.dsn: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stage: asyncio.Queue[tuple[Any, PreparedBatch]] = asyncio.Queue(maxsize=1)
         self._started = False
         self._fastapi: FastAPI | None = None
 
@@ -194,6 +194,7 @@ class ServiceApp:
             asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"),
             asyncio.create_task(self.timers.run(), name=f"{self.name}-timers"),
             asyncio.create_task(self._housekeeping(), name=f"{self.name}-housekeeping"),
+            asyncio.create_task(self._db_stage(), name=f"{self.name}-batch-db-stage"),
         ]
         if self._batch_handlers:
             self.broker = self._make_broker()
@@ -235,24 +236,45 @@ class ServiceApp:
         return broker
 
     async def _on_batch(self, msg: Any) -> None:
+        """FastStream handler: decode now, queue for the DB stage, return to fetch the next batch.
+
+        Two stages overlap the CPU work of batch N+1 (decode) with the database work of batch N. The queue
+        holds one batch, so at most two are in flight; offsets are committed by the DB stage, in order.
+        """
         assert self.processor is not None
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        await self._stage.put((msg.consumer, self.processor.prepare(records)))
+
+    async def _db_stage(self) -> None:
+        assert self.processor is not None
+        while True:
+            consumer, batch = await self._stage.get()
+            delay = 1.0
+            while True:
+                try:
+                    await self.processor.finish(batch)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # A kit bug, not a data problem (those are dead-lettered): never skip the batch.
+                    log.exception("batch processing failed; retrying", extra={"batch_size": len(batch.records)})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            await self._commit_offsets(consumer, batch.records)
+            self._record_lag(consumer, batch.records)
+
+    async def _commit_offsets(self, consumer: Any, records: Sequence[Any]) -> None:
+        """Commit exactly the batch's offsets (not the consumer's position, which may be a batch ahead)."""
+        offsets: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
         try:
-            await self.processor.process(records)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # A kit bug, not a data problem: rewind so the batch is read again rather than skipped.
-            log.exception("batch processing failed; rewinding", extra={"batch_size": len(records)})
-            await msg.nack()
-            await asyncio.sleep(1.0)
-            return
-        try:
-            await msg.ack()
-        except KafkaError as exc:
+            await consumer.commit(offsets)
+        except Exception as exc:
             # Typically a rebalance: the next owner re-reads these records and the inbox absorbs them.
             log.warning("offset commit failed", extra={"error": repr(exc)})
-        self._record_lag(msg.consumer, records)
 
     def _record_lag(self, consumer: Any, records: tuple[Any, ...]) -> None:
         last: dict[tuple[str, int], int] = {}
@@ -296,6 +318,7 @@ class ServiceApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        self._stage = asyncio.Queue(maxsize=1)  # a queued, uncommitted batch is re-read after restart
         if self.producer is not None:
             await self.producer.stop()
             self.producer = None
