@@ -18,7 +18,9 @@ import pytest
 from loyalty_contracts.catalogue import topics_produced_by
 from loyalty_contracts.envelope import Envelope, decode
 from loyalty_kit import ServiceApp
+from loyalty_kit.dlq import list_dead_letters
 from loyalty_kit.testing import TopicReader, fresh_database, http_client, isolated_settings, publish, running
+from loyalty_kit.topics import ensure_topics
 from loyalty_referrals.app import build
 from loyalty_referrals.domain import derive_code
 from referrals_events import feedback, invited, purchased, refunded, registered
@@ -34,32 +36,43 @@ def day(n: float) -> datetime:
 
 
 @pytest.fixture
-async def referrals_db(pg_admin_dsn: str) -> AsyncIterator[str]:
+def service_name(unique_suffix: str) -> str:
+    """A unique schema/role name per test: roles are cluster-wide, and other runs may use 'referrals'."""
+    return f"rf_{unique_suffix}"
+
+
+@pytest.fixture
+async def referrals_db(pg_admin_dsn: str, service_name: str) -> AsyncIterator[str]:
     async with fresh_database(pg_admin_dsn, prefix="ref_") as dsn:
         yield dsn
     conn = await asyncpg.connect(pg_admin_dsn)
-    try:  # the role is cluster-wide; drop it if no other database still uses it
-        await conn.execute(
-            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'referrals') THEN "
-            "BEGIN DROP ROLE referrals; EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END; END IF; END $$"
-        )
+    try:
+        await conn.execute(f'DROP ROLE IF EXISTS "{service_name}"')
     finally:
         await conn.close()
 
 
 @pytest.fixture
-def app(kafka_bootstrap: str, referrals_db: str, tmp_path: Path, unique_suffix: str) -> ServiceApp:
+async def app(
+    kafka_bootstrap: str, referrals_db: str, tmp_path: Path, unique_suffix: str, service_name: str
+) -> ServiceApp:
     programs = tmp_path / "programs"
     programs.mkdir()
     shutil.copy(PROGRAMS / "acme-diy.yaml", programs / "acme-diy.yaml")
     settings = isolated_settings(
-        "referrals",
+        service_name,
         kafka_bootstrap,
         referrals_db,
         unique_suffix,
         pg_admin_dsn=referrals_db,
         programs_dir=programs,
         timer_clock="event",
+    )
+    # The service name is not the catalogue's, so create the output topics the way the real service would.
+    await ensure_topics(
+        kafka_bootstrap,
+        [settings.topic_prefix + t for t in topics_produced_by("referrals")],
+        prefix=settings.topic_prefix,
     )
     return build(settings, environ={"ACME_DIY_REFERRAL_SECRET": SECRET})
 
@@ -180,6 +193,7 @@ async def test_invite_register_purchase_hold_grant_refund_revoke_and_redelivery(
             gap = (await http.get("/v1/tenants/acme-diy/says-vs-does", params=period, headers=AUTH)).json()
             assert (gap["respondents"], gap["promoters"], gap["promoters_who_referred"]) == (1, 1, 1)
             assert gap["customers"] == 4 and gap["customers_who_referred"] == 1
+        assert await list_dead_letters(kafka_bootstrap, app.name, topic_prefix=prefix) == []
 
 
 async def _wait_for_duplicates(app: ServiceApp, count: int) -> None:
@@ -213,4 +227,5 @@ async def test_api_refuses_bad_requests_with_reasons(app: ServiceApp) -> None:
         bad_body = await http.post("/v1/tenants/acme-diy/reviews/nope", headers=AUTH, json={"decision": "maybe"})
         assert bad_body.status_code == 422
         spec = (await http.get("/openapi.json")).json()
+        assert spec["paths"]["/v1/tenants/{tenant}/funnel"]["get"]["responses"]["200"]
         assert "/v1/tenants/{tenant}/says-vs-does" in spec["paths"]

@@ -17,7 +17,7 @@ from loyalty_kit.effects import EffectContext
 from pydantic import BaseModel, Field
 
 from loyalty_referrals import domain, store
-from loyalty_referrals.handlers import Runtime, publish_effects, reward_id_for
+from loyalty_referrals.handlers import Runtime, TimerRow, publish_effects, reward_id_for
 
 DEFAULT_PERIOD = timedelta(days=30)
 
@@ -378,7 +378,9 @@ def build_router(app: ServiceApp, runtime: Runtime, auth: TenantAuth) -> APIRout
                 code = status.HTTP_404_NOT_FOUND if "not known" in str(exc) else status.HTTP_409_CONFLICT
                 raise HTTPException(code, detail=str(exc)) from None
             rejected: list[store.RejectionRow] = []
-            await publish_effects(ctx, tenant, program, effects, rejected)
+            timers: list[TimerRow] = []
+            await publish_effects(ctx, tenant, program, effects, rejected, timers)
+            await ctx.schedule_many(timers)
             await store.save_referrals(conn, tenant, [book.referrals[r] for r in sorted(book.dirty_referrals)])
             await store.save_rejections(conn, tenant, rejected)
             await outbox.insert(conn, ctx.outbox, app.name)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from loyalty_contracts.base import Event, Money
 from loyalty_contracts.envelope import Envelope
@@ -186,18 +187,23 @@ def to_contract(effect: Effect, tenant: str, program: ReferralsProgram) -> Event
     return None  # HoldScheduled, SentToReview: state and timers only
 
 
+TimerRow = tuple[str, str, datetime, Mapping[str, Any] | None, str]
+
+
 async def publish_effects(
     ctx: EffectContext,
     tenant: str,
     program: ReferralsProgram,
     effects: list[Effect],
     rejections: list[store.RejectionRow],
+    timers: list[TimerRow],
     *,
     cause: Envelope | None = None,
 ) -> None:
+    """Emit the events of `effects` (outbox); collect rejection rows and hold timers for one write each."""
     for effect in effects:
         if isinstance(effect, HoldScheduled):
-            await ctx.schedule(HOLD_TIMER, effect.referral_id, effect.due_at, {"referee_id": effect.referee_id}, tenant)
+            timers.append((HOLD_TIMER, effect.referral_id, effect.due_at, {"referee_id": effect.referee_id}, tenant))
             continue
         if isinstance(effect, SentToReview):
             continue
@@ -288,6 +294,7 @@ async def handle_batch(ctx: BatchContext, runtime: Runtime) -> None:
         book = await store.load_book(ctx.conn, tenant, runtime.rules[tenant], needs_of(events))
         codes = await new_codes_for(ctx, tenant, runtime.secrets[tenant], program.codes.length, book, events)
         rejections: list[store.RejectionRow] = []
+        timers: list[TimerRow] = []
         feedback: list[store.FeedbackRow] = []
         for env in events:
             data = env.data
@@ -309,8 +316,9 @@ async def handle_batch(ctx: BatchContext, runtime: Runtime) -> None:
                 effects = []
             else:  # pragma: no cover - the kit routes only the registered types here
                 raise TypeError(f"unexpected event {env.type}")
-            await publish_effects(ctx, tenant, program, effects, rejections, cause=env)
+            await publish_effects(ctx, tenant, program, effects, rejections, timers, cause=env)
         await store.save_book(ctx.conn, book)
+        await ctx.schedule_many(timers)
         await store.save_rejections(ctx.conn, tenant, rejections)
         await store.save_feedback(ctx.conn, tenant, feedback)
 
@@ -326,8 +334,9 @@ async def handle_hold_timers(ctx: TimerContext, timers: list[Timer], runtime: Ru
             continue  # tenant removed from the programs: nothing to pay out under rules we no longer have
         book = await store.load_referrals(ctx.conn, tenant, runtime.rules[tenant], [t.key for t in group])
         rejections: list[store.RejectionRow] = []
+        follow_ups: list[TimerRow] = []
         for timer in group:
             due: datetime = timer.due_at
             effects = book.on_hold_expired(str(timer.payload.get("referee_id", "")), due)
-            await publish_effects(ctx, tenant, program, effects, rejections)
+            await publish_effects(ctx, tenant, program, effects, rejections, follow_ups)
         await store.save_referrals(ctx.conn, tenant, [book.referrals[r] for r in sorted(book.dirty_referrals)])

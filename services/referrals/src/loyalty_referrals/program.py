@@ -38,9 +38,9 @@ class CodesSection(_Section):
         description="Name of the environment variable holding the tenant's HMAC secret; codes are "
         "HMAC(secret, customer id), so they are stable per customer and unguessable without the secret.",
     )
-    length: int = Field(8, ge=6, le=16, description=f"Characters per code, from {CODE_ALPHABET}.")
+    length: int = Field(default=8, ge=6, le=16, description=f"Characters per code, from {CODE_ALPHABET}.")
     link_template: str = Field(description="Shareable link; `{code}` is replaced by the customer's code.")
-    vanity_codes: bool = Field(False, description="Whether staff may assign vanity codes (unique per tenant).")
+    vanity_codes: bool = Field(default=False, description="Whether staff may assign vanity codes (unique per tenant).")
 
     @field_validator("secret_env")
     @classmethod
@@ -62,13 +62,13 @@ class CodesSection(_Section):
 
 class AttributionSection(_Section):
     invitation_window_days: int = Field(
-        30,
+        default=30,
         ge=1,
         le=365,
         description="A pending invitation matches a registration at most this many days later.",
     )
     conversion_window_days: int = Field(
-        90, ge=1, le=730, description="The referee's first purchase must come this many days after the claim."
+        default=90, ge=1, le=730, description="The referee's first purchase must come this many days after the claim."
     )
 
 
@@ -114,13 +114,13 @@ class RewardsSection(_Section):
     referrer: Reward
     referee: Reward
     hold_days: int = Field(
-        30, ge=0, le=365, description="Rewards stay pending this long after conversion (the return window)."
+        default=30, ge=0, le=365, description="Rewards stay pending this long after conversion (the return window)."
     )
 
 
 class VelocitySection(_Section):
-    period_days: int = Field(30, ge=1, le=365)
-    max_conversions: int = Field(10, ge=1, description="Conversions per referrer per rolling period.")
+    period_days: int = Field(default=30, ge=1, le=365)
+    max_conversions: int = Field(default=10, ge=1, description="Conversions per referrer per rolling period.")
     max_order_value_minor: int = Field(
         ge=1, description="Sum of referees' first-order values per referrer per rolling period."
     )
@@ -154,10 +154,10 @@ class FraudSection(_Section):
 
 
 class ClawbackSection(_Section):
-    revoke_referrer: bool = Field(True, description="Revoke the referrer's granted reward on a full refund.")
-    revoke_referee: bool = Field(False, description="Revoke the referee's granted reward on a full refund.")
+    revoke_referrer: bool = Field(default=True, description="Revoke the referrer's granted reward on a full refund.")
+    revoke_referee: bool = Field(default=False, description="Revoke the referee's granted reward on a full refund.")
     within_days: int = Field(
-        180,
+        default=180,
         ge=0,
         le=730,
         description="A full refund of the first order this many days after it still revokes.",
@@ -166,7 +166,7 @@ class ClawbackSection(_Section):
 
 class SaysVsDoesSection(_Section):
     referral_within_days: int = Field(
-        90, ge=1, le=365, description="A promoter 'did' recommend if a friend converted this many days after."
+        default=90, ge=1, le=365, description="A promoter 'did' recommend if a friend converted this many days after."
     )
 
 
