@@ -1126,3 +1126,64 @@ def envelopes_as_jsonl(envelopes: Iterable[Envelope]) -> Iterator[str]:
     for env in envelopes:
         yield json.dumps({"id": env.id, "type": env.type, "time": env.time.isoformat(), "subject": env.subject,
                           "data": env.data.model_dump(mode="json")}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    stats: PublishStats
+    simulated: dict[str, int]  # events the customer simulator published, by name
+    expected: ExpectedFacts  # over everything published (retailer + simulator)
+
+
+async def run_stream(
+    bootstrap: str,
+    plan: RetailerPlan,
+    *,
+    rate: float,
+    progress_cb: ProgressCallback | None = None,
+    simulate: bool = True,
+    stop: asyncio.Event | None = None,
+    settle_s: float = 5.0,
+    topic_prefix: str = "",
+) -> StreamResult:
+    """Publish the plan at `rate` with the customer simulator reacting alongside (the `loyalty run` loop).
+
+    After the stream, the simulator keeps reading for `settle_s` seconds (results of the last events), then
+    publishes every reaction still scheduled.
+    """
+    clock = SimClock()
+    simulator = CustomerSimulator(bootstrap, plan, clock, seed=plan.config.seed + 1,
+                                  topic_prefix=topic_prefix) if simulate else None
+    sim_stop = asyncio.Event()
+    sim_task: asyncio.Task[None] | None = None
+    sent: list[Envelope] = []
+
+    def remember(count: int, env: Envelope) -> None:
+        sent.append(env)
+        if progress_cb is not None:
+            progress_cb(count, env)
+
+    try:
+        if simulator is not None:
+            await simulator.start()
+            sim_task = asyncio.create_task(simulator.run(sim_stop))
+        stats = await publish_stream(bootstrap, plan.envelopes, rate, remember, clock=clock, stop=stop,
+                                     topic_prefix=topic_prefix)
+        if simulator is not None and sim_task is not None:
+            sim_stop.set()
+            await sim_task
+            await simulator.drain(0 if stop is not None and stop.is_set() else settle_s)
+    finally:
+        sim_stop.set()
+        if sim_task is not None and not sim_task.done():
+            sim_task.cancel()
+        if simulator is not None:
+            await simulator.stop()
+    expected = expected_facts(sent)
+    simulated = dict(simulator.published) if simulator is not None else {}
+    counts = Counter(expected.counts)
+    counts.update(simulated)
+    return StreamResult(stats, simulated, ExpectedFacts(
+        counts=dict(counts), customers=expected.customers, orders_per_customer=expected.orders_per_customer,
+        net_goods_minor=expected.net_goods_minor, refund_share=expected.refund_share,
+        referral_claims=expected.referral_claims))
