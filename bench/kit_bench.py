@@ -242,7 +242,7 @@ async def run_naive_pipeline(bootstrap: str, dsn: str, n: int, *, input_topic: s
         nonlocal done
         if not started:
             started.append(time.perf_counter())
-        rec = msg.raw_message
+        rec: Any = msg.raw_message  # one ConsumerRecord (not a batch subscriber)
         env = decode(rec.key, rec.value, rec.headers)
         async with pool.acquire() as conn, conn.transaction():
             fresh = await conn.fetchval("INSERT INTO inbox VALUES ($1) ON CONFLICT DO NOTHING RETURNING id", env.id)

@@ -10,7 +10,7 @@ from kit_counter_service import MILESTONE, PURCHASE, build
 from loyalty_contracts.catalogue import topic_for
 from loyalty_contracts.envelope import Envelope, decode, encode
 from loyalty_contracts.samples import T0, sample, with_customer
-from loyalty_kit.dlq import list_dead_letters, replay_dead_letters
+from loyalty_kit.dlq import get_dead_letter, list_dead_letters, replay_dead_letters
 from loyalty_kit.testing import TopicReader, isolated_settings, publish, publish_raw, running, wait_until
 from loyalty_kit.topics import ensure_topics
 from opentelemetry.sdk.trace import TracerProvider
@@ -124,6 +124,8 @@ async def test_poison_and_undecodable_records_go_to_dead_letters_and_replay_work
         assert failed.header("dlq_offset") is not None and failed.header("dlq_at") is not None
         assert failed.original_headers == encode(poison[0]).headers
         assert by_reason["malformed_json"].value == b"{not json"
+        shown = await get_dead_letter(kafka_bootstrap, service_name, failed.id, topic_prefix=prefix)
+        assert shown is not None and shown.value == failed.value and shown.summary()["event_id"] == poison[0].id
 
         # The bug is fixed; replaying the dead letter applies the purchase once.
         app.state["healed"] = True  # type: ignore[attr-defined]

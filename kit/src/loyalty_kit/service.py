@@ -276,7 +276,7 @@ class ServiceApp:
             # Typically a rebalance: the next owner re-reads these records and the inbox absorbs them.
             log.warning("offset commit failed", extra={"error": repr(exc)})
 
-    def _record_lag(self, consumer: Any, records: tuple[Any, ...]) -> None:
+    def _record_lag(self, consumer: Any, records: Sequence[Any]) -> None:
         last: dict[tuple[str, int], int] = {}
         for rec in records:
             last[(rec.topic, rec.partition)] = max(rec.offset, last.get((rec.topic, rec.partition), -1))
