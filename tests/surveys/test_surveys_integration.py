@@ -153,6 +153,12 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
     async with running(app), TopicReader(kafka_bootstrap, *out_topics, app.dlq_topic) as reader:
         client = http_client(app)
 
+        # 0. A Russian-speaking customer registers (processed first: topics are not ordered among each other).
+        await publish(kafka_bootstrap, [registered("c-ru", "ru")], topic_prefix=prefix)
+        pool = app.pool
+        assert pool is not None
+        await wait_until(lambda: pool.fetchval("SELECT locale FROM customers WHERE customer_id = 'c-ru'"))
+
         # 1. Deliveries → CSAT requested two days later (event time), one per customer, nothing before.
         await publish(
             kafka_bootstrap,
@@ -171,7 +177,7 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
             topic_prefix=prefix,
         )
         # ... and a Russian-speaking customer's consultation → the one question an hour later, in Russian.
-        await publish(kafka_bootstrap, [registered("c-ru", "ru"), sampled_consultation("c-ru")], topic_prefix=prefix)
+        await publish(kafka_bootstrap, [sampled_consultation("c-ru")], topic_prefix=prefix)
         await publish(kafka_bootstrap, [clock(T + timedelta(days=2))], topic_prefix=prefix)
         await publish(kafka_bootstrap, [clock(T + timedelta(days=2, hours=6))], topic_prefix=prefix)
         requested = await wait_events(reader, "SurveyRequested", 5)
