@@ -13,6 +13,11 @@ PALETTE = ("#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#d
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"'
 
 
+def _open(width: int, height: int) -> str:
+    # viewBox lets CSS scale the chart down to a narrow column instead of cropping it.
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+
+
 def _fmt(value: float) -> str:
     if abs(value) >= 1000:
         return f"{value:,.0f}"
@@ -40,7 +45,7 @@ def hbars(items: Sequence[tuple[str, float]], *, width: int = 560, colors: Seque
     height = row * len(items) + 10
     top = max((v for _, v in items), default=0) or 1
     plot = width - label_width - 70
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" {FONT} font-size="12" '
+    parts = [_open(width, height) + f'{FONT} font-size="12" '
              f'role="img">']
     for i, (label, value) in enumerate(items):
         y = 5 + i * row
@@ -95,7 +100,7 @@ def stacked_columns(x_labels: Sequence[str], series: dict[str, Sequence[float]],
     totals = [sum(values[i] for values in series.values()) for i in range(len(x_labels))]
     y_max = _nice_max(max(totals, default=0))
     step = plot_w / len(x_labels)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" {FONT} font-size="11" '
+    parts = [_open(width, height) + f'{FONT} font-size="11" '
              f'role="img">']
     _axes(parts, left, top, plot_w, plot_h, 0, y_max, unit=unit)
     for i in range(len(x_labels)):
@@ -127,10 +132,10 @@ def lines(x_labels: Sequence[str], series: dict[str, Sequence[float | None]], *,
     hi = _nice_max(max(values)) if y_max is None else y_max
     if hi <= lo:
         hi = lo + 1
-    left, top, right, bottom = 56, 30, 16, 26
+    left, top, right, bottom = 56, 30, 34, 26
     plot_w, plot_h = width - left - right, height - top - bottom
     step = plot_w / max(1, len(x_labels) - 1)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" {FONT} font-size="11" '
+    parts = [_open(width, height) + f'{FONT} font-size="11" '
              f'role="img">']
     _axes(parts, left, top, plot_w, plot_h, lo, hi, unit=unit)
     if zero_line and lo < 0 < hi:
@@ -168,7 +173,7 @@ def columns(items: Sequence[tuple[str, float]], *, width: int = 520, height: int
     plot_w, plot_h = width - left - right, height - top - bottom
     y_max = _nice_max(max((v for _, v in items), default=0))
     step = plot_w / len(items)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" {FONT} font-size="11" '
+    parts = [_open(width, height) + f'{FONT} font-size="11" '
              f'role="img">']
     _axes(parts, left, top, plot_w, plot_h, 0, y_max, unit=unit)
     for i, (_label, value) in enumerate(items):

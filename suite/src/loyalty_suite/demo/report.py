@@ -15,6 +15,7 @@ webhook type + event time, or, for Telegram, by order per chat.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -397,15 +398,19 @@ def nps_section(data: RunData) -> Section:
                        (f"<p>{len(requests)} survey requests were sent.</p>" if requests else ""),
                        ["nps: no data"], has_data=False)
     weeks = _weeks(nps or feedback)
+    # Buckets of whole weeks, wide enough for ~15 answers each on average, so one answer does not swing a point.
+    span = max(1, math.ceil(15 * len(weeks) / max(1, len(nps))))
+    buckets = weeks[::span]
     segments = sorted({r.env.data.sales_channel or "unknown" for r in nps})
     series: dict[str, list[float | None]] = {"all": []}
     series.update({seg: [] for seg in segments})
-    for week in weeks:
-        in_week = [r for r in nps if week_start(r.env.time) == week]
-        series["all"].append(nps_of(r.env.data.score for r in in_week) if len(in_week) >= 3 else None)
+    for start in buckets:
+        end = start + timedelta(days=7 * span)
+        in_bucket = [r for r in nps if start <= r.env.time < end]
+        series["all"].append(nps_of(r.env.data.score for r in in_bucket) if len(in_bucket) >= 5 else None)
         for seg in segments:
-            scores = [r.env.data.score for r in in_week if (r.env.data.sales_channel or "unknown") == seg]
-            series[seg].append(nps_of(scores) if len(scores) >= 3 else None)
+            scores = [r.env.data.score for r in in_bucket if (r.env.data.sales_channel or "unknown") == seg]
+            series[seg].append(nps_of(scores) if len(scores) >= 5 else None)
     histogram = Counter(r.env.data.score for r in nps)
     hist_colors = ["#dc2626"] * 7 + ["#f59e0b"] * 2 + ["#16a34a"] * 2
     csat = [r.env.data.score for r in feedback if r.env.data.survey_kind == "csat"]
@@ -419,9 +424,10 @@ def nps_section(data: RunData) -> Section:
         _stat("survey requests", str(len(requests))),
         _stat("follow-ups asked", str(len(data.of("FollowUpRequested")))),
     ])
-    trend = charts.lines([_label(w) for w in weeks], series, y_min=-100, y_max=100, zero_line=True) if nps else ""
+    bucket_name = "weekly" if span == 1 else f"every {span} weeks"
+    trend = charts.lines([_label(w) for w in buckets], series, y_min=-100, y_max=100, zero_line=True) if nps else ""
     html = (
-        f'<div class="stats">{stats}</div><h3>NPS per week by sales channel (buckets with ≥ 3 answers)</h3>'
+        f'<div class="stats">{stats}</div><h3>NPS by sales channel, {bucket_name} (points need ≥ 5 answers)</h3>'
         f"{trend or '<p>No NPS answers yet.</p>'}"
         f'<div class="grid2"><div><h3>Score distribution</h3>'
         f"{charts.columns([(str(s), histogram.get(s, 0)) for s in range(11)], colors=hist_colors)}</div>"
@@ -479,7 +485,7 @@ def cases_section(data: RunData) -> Section:
         f'{_stat("deadline breaches", str(len(breached)))}</div>'
         f'<div class="grid2"><div><h3>Outcome</h3>'
         f"{charts.hbars([('answered before the deadline', on_time), ('answered after it', late), ('open', still_open)], colors=('#16a34a', '#f59e0b', '#dc2626'), label_width=200, width=540)}"  # noqa: E501
-        f"</div><div><h3>Time to resolve (wall of the event clock)</h3>{charts.columns(hist)}</div></div>"
+        f"</div><div><h3>Time to resolve (event time)</h3>{charts.columns(hist)}</div></div>"
     )
     return Section("cases", "Detractor cases and deadline compliance", html,
                    [f"cases: {len(opened)} opened, {compliance} answered in time, {len(breached)} breaches, "
