@@ -67,3 +67,19 @@ def test_badly_named_migration_files_are_rejected(tmp_path: Path) -> None:
     (tmp_path / "1_oops.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=r"0001_create_things\.sql"):
         migrations.all_migrations(tmp_path)
+
+
+async def test_inbox_returns_only_ids_never_seen_including_repeats_within_one_call(
+    kit_db: str, service_name: str
+) -> None:
+    from loyalty_kit import inbox
+
+    pool = await create_pool(kit_db, service_name)
+    try:
+        await migrations.apply(pool, service_name, None)
+        async with pool.acquire() as conn:
+            assert await inbox.record_new(conn, ["a", "b", "a"]) == {"a", "b"}
+            assert await inbox.record_new(conn, ["b", "c"]) == {"c"}
+            assert await conn.fetchval("SELECT count(*) FROM inbox") == 3
+    finally:
+        await pool.close()

@@ -12,9 +12,9 @@ async def record_new(conn: asyncpg.Connection, event_ids: Sequence[str]) -> set[
     """Insert the ids in one statement; returns those not seen before (the ones to apply)."""
     if not event_ids:
         return set()
+    # A repeated id inside the same statement is skipped by DO NOTHING too (only DO UPDATE would fail).
     rows = await conn.fetch(
-        "INSERT INTO inbox (id) SELECT DISTINCT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING id",
-        list(event_ids),
+        "INSERT INTO inbox (id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING id", list(event_ids)
     )
     return {r["id"] for r in rows}
 
