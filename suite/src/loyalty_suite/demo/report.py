@@ -73,6 +73,7 @@ class RunData:
     undecodable: Counter[str] = field(default_factory=Counter)  # topic -> records that did not decode
     dead_letters: Counter[str] = field(default_factory=Counter)  # service -> dead letters
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+    dead_letter_examples: dict[str, str] = field(default_factory=dict)  # reason -> one error text
     sinks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     tier_order: list[str] = field(default_factory=list)
 
@@ -141,7 +142,12 @@ def _add_record(data: RunData, record: Any) -> None:
         if tenant and tenant != data.tenant:
             return
         data.dead_letters[service] += 1
-        data.dead_letter_reasons[f"{service}: {(headers.get('dlq_reason') or b'?').decode(errors='replace')}"] += 1
+        reason = (headers.get("dlq_reason") or b"?").decode(errors="replace")
+        error = (headers.get("dlq_error") or b"").decode(errors="replace")
+        kind = error.split(":", 1)[0] if error else ""
+        key = f"{service}: {reason}" + (f" ({kind})" if kind else "")
+        data.dead_letter_reasons[key] += 1
+        data.dead_letter_examples.setdefault(key, error[:300])
         return
     try:
         env = decode(record.key, record.value, record.headers)
@@ -292,7 +298,10 @@ def tiers_section(data: RunData) -> Section:
             first += timedelta(days=7)
     current: dict[str, str] = {}
     reg_times = sorted(r.env.time for r in registrations)
-    series: dict[str, list[float]] = {"no tier yet": [], **{t: [] for t in order}}
+    # A customer without any TierChanged sits in the ladder's entry tier when the program says which it is.
+    entry = data.tier_order[0] if data.tier_order else None
+    unchanged = f"{entry} (no change yet)" if entry else "no tier yet"
+    series: dict[str, list[float]] = {unchanged: [], **{t: [] for t in order}}
     i = 0
     for week in weeks:
         end = week + timedelta(days=7)
@@ -301,7 +310,7 @@ def tiers_section(data: RunData) -> Section:
             i += 1
         registered = sum(1 for t in reg_times if t < end)
         counts = Counter(current.values())
-        series["no tier yet"].append(max(0, registered - len(current)))
+        series[unchanged].append(max(0, registered - len(current)))
         for tier in order:
             series[tier].append(counts.get(tier, 0))
     ups = sum(r.env.data.direction == "up" and r.env.data.from_tier is not None for r in changes)
@@ -309,6 +318,8 @@ def tiers_section(data: RunData) -> Section:
     milestones = len(data.of("TierProgressMilestone"))
     scheduled = len(data.of("TierDowngradeScheduled"))
     final = Counter(current.values())
+    if entry:
+        final[entry] += int(series[unchanged][-1]) if series[unchanged] else 0
     chart = charts.stacked_columns([_label(w) for w in weeks], series, colors=TIER_COLORS)
     stats = "".join([
         _stat("promotions", str(ups)), _stat("downgrades", str(downs)),
@@ -425,10 +436,12 @@ def nps_section(data: RunData) -> Section:
         _stat("follow-ups asked", str(len(data.of("FollowUpRequested")))),
     ])
     bucket_name = "weekly" if span == 1 else f"every {span} weeks"
-    trend = charts.lines([_label(w) for w in buckets], series, y_min=-100, y_max=100, zero_line=True) if nps else ""
+    points = sum(v is not None for v in series["all"])
+    trend = charts.lines([_label(w) for w in buckets], series, y_min=-100, y_max=100, zero_line=True) \
+        if points >= 2 else f"<p>Too few NPS answers for a trend ({len(nps)}); a longer or larger run fills it.</p>"
     html = (
         f'<div class="stats">{stats}</div><h3>NPS by sales channel, {bucket_name} (points need ≥ 5 answers)</h3>'
-        f"{trend or '<p>No NPS answers yet.</p>'}"
+        f"{trend}"
         f'<div class="grid2"><div><h3>Score distribution</h3>'
         f"{charts.columns([(str(s), histogram.get(s, 0)) for s in range(11)], colors=hist_colors)}</div>"
         f"<div><h3>NPS by tier at answer time</h3>{by_tier}</div></div>"
@@ -667,6 +680,8 @@ def _secs(value: float) -> str:
 
 def latency_section(data: RunData) -> Section:
     to_result, to_sink = latency_hops(data)
+    delivered = len(data.of("NotificationDelivered"))
+    unlinked = delivered - len(to_sink)
     if not to_result and not to_sink:
         return Section("latency", "End-to-end latency per flow",
                        _no_data("the services", "no result event could be linked to a retailer event by trace id"),
@@ -680,7 +695,10 @@ def latency_section(data: RunData) -> Section:
         '<p class="caption">Wall clock only: Kafka record timestamp of the retailer event → Kafka timestamp of '
         "the result → arrival at the sink. Flows marked <i>scheduled</i> waited for a timer on the event-time "
         "clock (e.g. a survey 30 simulated days later), so their latency measures the simulation speed, "
-        "not processing.</p>"
+        "not processing."
+        + (f" {unlinked} of {delivered} delivered messages are not in these tables: their chain starts at a timer or "
+           "a journey step (a new trace) or they were not matched at a sink." if unlinked > 0 else "")
+        + "</p>"
         f"<h3>Event → message at the sink</h3>{_table(heads, _latency_rows(sink_direct)) if sink_direct else _no_data('notifier', 'no message matched to its cause')}"  # noqa: E501
         f"<h3>Event → result event</h3>{_table(heads, _latency_rows(direct)) if direct else '<p>none</p>'}"
         + (f"<h3>Scheduled flows (timer on the event-time clock)</h3>{_table(heads, _latency_rows(timed + sink_timed))}"
@@ -701,13 +719,14 @@ def health_section(data: RunData) -> Section:
     results = sorted(((n, c) for n, c in counts.items() if _producer_name(n) != "retailer"),
                      key=lambda kv: (_producer_name(kv[0]), kv[0]))
     silent = [s for s in SERVICES if not any(_producer_name(n) == s for n, _ in results)]
-    dead = _table(("service: reason", "dead letters"), data.dead_letter_reasons.most_common()) \
-        if data.dead_letter_reasons else "<p>No dead letters.</p>"
+    dead = _table(("service: reason", "example error", "dead letters"),
+                  [(k, data.dead_letter_examples.get(k, ""), n) for k, n in data.dead_letter_reasons.most_common()],
+                  numeric_from=2) if data.dead_letter_reasons else "<p>No dead letters.</p>"
     silent_html = "".join(_no_data(s, "it published no result events") for s in silent)
     html = (
         f'<div class="grid2"><div><h3>Retailer events</h3>{_table(("event", "count"), inputs)}</div>'
         f'<div><h3>Results</h3>{_table(("event (producer)", "count"), [(f"{n} ({_producer_name(n)})", c) for n, c in results]) if results else "<p>none</p>"}'  # noqa: E501
-        f"{silent_html}<h3>Dead letters</h3>{dead}</div></div>"
+        f"{silent_html}</div></div><h3>Dead letters</h3>{dead}"
     )
     undecodable = sum(data.undecodable.values())
     return Section("health", "What went through Kafka", html, [

@@ -1006,7 +1006,9 @@ class CustomerSimulator:
         self.ignored = 0  # results for other tenants / customers not in this plan
         self._scheduled: list[tuple[datetime, int, Event]] = []
         self._seq = 0
-        self._scores: dict[str, tuple[int, str]] = {}  # feedback id -> (score, locale) for follow-ups
+        # A follow-up answer names the original survey: request id -> survey id, feedback id -> (request, score).
+        self._surveys: dict[str, str] = {}
+        self._feedback: dict[str, tuple[str | None, int]] = {}
         self._consumer: Any = None
         self._producer: Any = None
 
@@ -1070,18 +1072,22 @@ class CustomerSimulator:
         now = max(data.occurred_at, self.clock.now or data.occurred_at)
         answered_at = (now + timedelta(minutes=self.rng.uniform(5, 180))).replace(microsecond=0)
         if isinstance(data, SurveyRequested):
+            self._surveys[data.request_id] = data.survey_id
             answer = answer_survey(data, profile, answered_at, self.rng, self.answer_share)
             if answer is not None:
                 self._schedule(answer)
         elif isinstance(data, FeedbackReceived):
-            self._scores[data.feedback_id] = (data.score, profile.locale)
+            self._feedback[data.feedback_id] = (data.request_id, data.score)
         elif isinstance(data, FollowUpRequested):
-            score, locale = self._scores.get(data.feedback_id, (8, profile.locale))
-            if self.rng.random() < 0.5:
-                comment = self.rng.choice(COMMENTS["passive"][_lang(locale)])
+            request_id, score = self._feedback.get(data.feedback_id, (None, None))  # type: ignore[assignment]
+            survey_id = self._surveys.get(request_id or "")
+            if survey_id is None or score is None:
+                self.ignored += 1  # the original request is older than this simulator: cannot answer it right
+            elif self.rng.random() < 0.5:
                 self._schedule(SurveyAnswered(
-                    customer_id=data.customer_id, occurred_at=answered_at, survey_id="follow-up",
-                    request_id=data.request_id, score=score, comment=comment, answer_channel="email",
+                    customer_id=data.customer_id, occurred_at=answered_at, survey_id=survey_id,
+                    request_id=data.request_id, score=score,
+                    comment=self.rng.choice(COMMENTS["passive"][_lang(profile.locale)]), answer_channel="email",
                 ))
         elif isinstance(data, DetractorCaseOpened):
             resolution = resolve_case(data, profile, self.rng, self.resolve_share, self.on_time_share)
