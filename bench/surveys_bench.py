@@ -31,11 +31,14 @@ from typing import Any
 from loyalty_contracts.catalogue import topic_for, topics_produced_by
 from loyalty_contracts.envelope import Envelope, encode
 from loyalty_contracts.events.retail import SurveyAnswered
+from loyalty_kit import migrations, roles
+from loyalty_kit.batch import BatchProcessor
+from loyalty_kit.db import create_pool
 from loyalty_kit.settings import ServiceSettings
 from loyalty_kit.testing import fresh_database, publish_raw
 from loyalty_kit.topics import ensure_topics
 from loyalty_surveys import store
-from loyalty_surveys.app import build_app
+from loyalty_surveys.app import MIGRATIONS_DIR, build_app
 
 from bench.kit_bench import PipelineResult, endpoints, run_limit_pipeline
 
@@ -121,21 +124,29 @@ async def run_surveys_pipeline(bootstrap: str, dsn: str, n: int, *, batch: int, 
     )
     await ensure_topics(bootstrap, [prefix + t for t in topics_produced_by("surveys")], prefix=prefix)
     app, _ = build_app(settings, environ=SECRET_ENV)
-    await app.start()
-    assert app.pool is not None and app.processor is not None
-    async with app.pool.acquire() as conn:
-        rows = request_rows(n)
-        for start in range(0, n, 5000):
-            await store.insert_pending_requests(conn, rows[start : start + 5000])
+    # Seed the survey requests before the consumer starts, so no answer arrives before its request.
+    pool = await create_pool(await roles.provision(dsn, settings.service), settings.service)
+    try:
+        await migrations.apply(pool, settings.service, MIGRATIONS_DIR)
+        async with pool.acquire() as conn:
+            rows = request_rows(n)
+            for start in range(0, n, 5000):
+                await store.insert_pending_requests(conn, rows[start : start + 5000])
+            await conn.execute("ANALYZE survey_requests")
+    finally:
+        await pool.close()
     started: list[float] = []
-    original = app.processor.process
+    original = BatchProcessor.prepare
 
-    async def timed(records: Any) -> Any:
+    def timed(self: BatchProcessor, records: Any) -> Any:
         if not started:
             started.append(time.perf_counter())
-        return await original(records)
+        return original(self, records)
 
-    app.processor.process = timed  # type: ignore[method-assign]
+    BatchProcessor.prepare = timed  # type: ignore[method-assign]  # the clock starts at the first batch
+    await app.start()
+    assert app.pool is not None
+    waited_from = time.perf_counter()
     try:
         while True:
             async with app.pool.acquire() as conn:
@@ -143,10 +154,13 @@ async def run_surveys_pipeline(bootstrap: str, dsn: str, n: int, *, batch: int, 
                 backlog = await conn.fetchval("SELECT count(*) FROM outbox")
             if done >= n and backlog == 0:
                 break
+            if time.perf_counter() - waited_from > 600:
+                raise TimeoutError(f"only {done} of {n} answers became feedback in 600 s (dead letters?)")
             await asyncio.sleep(0.02)
         ended = time.perf_counter()
         return PipelineResult("surveys", n, ended - started[0], batch)
     finally:
+        BatchProcessor.prepare = original  # type: ignore[method-assign]
         await app.stop()
 
 
