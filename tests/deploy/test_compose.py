@@ -19,6 +19,7 @@ import pytest
 import yaml
 from deploy_chart import DEPLOY, REPO, SERVICES
 from loyalty_contracts import catalogue
+from loyalty_kit.settings import ServiceSettings
 
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -100,6 +101,8 @@ def test_service_container_is_hardened_and_wired(compose: dict[str, Any], servic
     assert urlsplit(env["LOYALTY_PG_DSN"]).hostname == "postgres"
     assert urlsplit(env["LOYALTY_OTEL_EXPORTER_ENDPOINT"]).hostname in compose["services"]
     assert "../programs:/etc/loyalty/programs:ro" in svc["volumes"]
+    known = {f"LOYALTY_{name.upper()}" for name in ServiceSettings.model_fields}
+    assert not set(env) - known, f"the kit ignores {sorted(set(env) - known)}"
 
 
 def test_prometheus_scrapes_every_service_and_the_lag_exporter(compose: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ reference, the program files, disruption budget, network policy, Postgres role +
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -214,3 +215,34 @@ def test_spans_carry_the_pod_identity(manifests: list[dict[str, Any]]) -> None:
     # Kubernetes expands $(VAR) only for variables defined earlier in the list.
     assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
     assert names.index("POD_NAMESPACE") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+
+
+# Settings the chart passes that the kit's ServiceSettings does not read yet (see deploy/README.md, Known gaps).
+PENDING_KIT_SETTINGS = {
+    "LOYALTY_KAFKA_SECURITY_PROTOCOL", "LOYALTY_KAFKA_SASL_MECHANISM", "LOYALTY_KAFKA_SASL_USERNAME",
+    "LOYALTY_KAFKA_SASL_PASSWORD", "LOYALTY_KAFKA_SSL_CAFILE", "LOYALTY_KAFKA_SSL_CERTFILE",
+    "LOYALTY_KAFKA_SSL_KEYFILE",
+}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_chart_env_is_what_the_kit_settings_read(
+    manifests: list[dict[str, Any]], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loyalty_kit.settings import ServiceSettings
+
+    known = {f"LOYALTY_{name.upper()}" for name in ServiceSettings.model_fields}
+    container = one(manifests, "Deployment", f"t-loyalty-suite-{service}")["spec"]["template"]["spec"]["containers"][0]
+    loyalty_env = {e["name"]: e.get("value") for e in container["env"] if e["name"].startswith("LOYALTY_")}
+    unknown = set(loyalty_env) - known - PENDING_KIT_SETTINGS
+    assert not unknown, f"the kit ignores {sorted(unknown)} (ServiceSettings has extra='ignore')"
+    for name in list(os.environ):
+        if name.startswith("LOYALTY_"):
+            monkeypatch.delenv(name)
+    for name, value in loyalty_env.items():
+        if value is not None and name in known:
+            monkeypatch.setenv(name, value)
+    settings = ServiceSettings()
+    assert settings.service == service and settings.http_port == 8080
+    assert settings.group_id == f"loyalty-{service}" and settings.create_topics is False
+    assert str(settings.programs_dir) == "/etc/loyalty/programs"
