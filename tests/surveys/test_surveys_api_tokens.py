@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from loyalty_kit.auth import TenantAuth
+from loyalty_kit.settings import ServiceSettings
 from loyalty_surveys import domain
 from loyalty_surveys.api import build_router
+from loyalty_surveys.app import build_app
 from loyalty_surveys.handlers import MissingTokenSecret, SurveysHandlers, tenant_configs
 
-from .helpers import example_program
+from .helpers import EXAMPLE_PROGRAM, example_program
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 SECRET_ENV = {"LOYALTY_SURVEYS_TOKEN_SECRET_ACME_DIY": "new-secret,old-secret"}
@@ -68,3 +71,21 @@ def test_missing_secret_stops_start_up_naming_the_variable() -> None:
     configs = tenant_configs({"acme-diy": example_program()}, {"acme-diy": "en"}, SECRET_ENV)
     assert configs["acme-diy"].secrets == (b"new-secret", b"old-secret")
     assert configs["acme-diy"].signing_secret == b"new-secret"
+
+
+def test_openapi_publishes_every_endpoint(tmp_path: Path) -> None:
+    (tmp_path / "acme-diy.yaml").write_text(EXAMPLE_PROGRAM.read_text())
+    settings = ServiceSettings(service="surveys", programs_dir=tmp_path)
+    app, _ = build_app(settings, environ=SECRET_ENV)
+    spec = app.asgi().openapi()
+    assert set(spec["paths"]) == {
+        "/surveys/answers",
+        "/surveys/{tenant}/nps",
+        "/surveys/{tenant}/csat",
+        "/surveys/{tenant}/response-rate",
+        "/surveys/{tenant}/cases",
+        "/surveys/{tenant}/themes",
+        "/surveys/{tenant}/customers/{customer_id}",
+    }
+    answer = spec["paths"]["/surveys/answers"]["post"]
+    assert {"201", "400", "403", "409", "410", "422"} <= set(answer["responses"])
