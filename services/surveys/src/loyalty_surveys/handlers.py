@@ -421,7 +421,6 @@ class SurveysHandlers:
                     )
                 )
         await store.insert_feedback(conn, feedback_rows)
-        await store.set_request_status(conn, [(a.tenant, a.request_id) for a, _, _ in accepted], "answered")
         opened = await store.insert_cases(conn, case_rows)
 
         follow_up_timers: list[tuple[str, str, datetime, dict[str, Any], str]] = []
@@ -487,8 +486,8 @@ class SurveysHandlers:
                 answer.answered_at,
                 answer.cause,
             )
-        await ctx.schedule_many(follow_up_timers, replace=False)  # never move or repeat a follow-up
-        await ctx.schedule_many(deadline_timers)
+        # DO NOTHING for both: a follow-up is never moved or repeated; a case's deadline never changes.
+        await ctx.schedule_many([*follow_up_timers, *deadline_timers], replace=False)
         if own_book:
             await book.flush(ctx)
         return [r if r is not None else AnswerResult(False, "unknown_request") for r in results]

@@ -300,15 +300,23 @@ async def mark_not_delivered(
 async def claim_tokens(
     conn: asyncpg.Connection, rows: Sequence[tuple[str, str, datetime, str]]
 ) -> set[tuple[str, str]]:
-    """(tenant, request id, used_at, via) → the pairs used for the first time now (single use)."""
+    """(tenant, request id, used_at, via) → the pairs used for the first time now (single use).
+
+    The claimed requests are marked answered in the same statement."""
     if not rows:
         return set()
     claimed = await conn.fetch(
         """
-        INSERT INTO used_tokens (tenant, request_id, used_at, via)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
-        ON CONFLICT DO NOTHING
-        RETURNING tenant, request_id
+        WITH claimed AS (
+            INSERT INTO used_tokens (tenant, request_id, used_at, via)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+            ON CONFLICT DO NOTHING
+            RETURNING tenant, request_id
+        ), answered AS (
+            UPDATE survey_requests r SET status = 'answered'
+            FROM claimed c WHERE r.tenant = c.tenant AND r.request_id = c.request_id
+        )
+        SELECT tenant, request_id FROM claimed
         """,
         *_cols(rows, 4),
     )
@@ -542,25 +550,21 @@ async def record_notices(
 async def lock_balances(
     conn: asyncpg.Connection, keys: Iterable[tuple[str, str]], opening: dict[str, int]
 ) -> dict[tuple[str, str], int]:
-    """Current balances of these customers (new customers get their tenant's opening balance), locked."""
+    """Current balances of these customers (new customers get their tenant's opening balance), row-locked.
+
+    One statement: the no-op DO UPDATE takes the row lock and returns the existing balance; rows go in
+    (tenant, customer) order so concurrent transactions lock in the same order."""
     unique = sorted(set(keys))
     if not unique:
         return {}
-    await conn.execute(
-        """
-        INSERT INTO customers (tenant, customer_id, balance)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::int[]) ON CONFLICT DO NOTHING
-        """,
-        *_cols([(t, c, opening.get(t, 0)) for t, c in unique], 3),
-    )
     rows = await conn.fetch(
         """
-        SELECT c.tenant, c.customer_id, c.balance
-        FROM customers c JOIN unnest($1::text[], $2::text[]) AS k(tenant, customer_id) USING (tenant, customer_id)
-        ORDER BY c.tenant, c.customer_id
-        FOR UPDATE OF c
+        INSERT INTO customers (tenant, customer_id, balance)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int[])
+        ON CONFLICT (tenant, customer_id) DO UPDATE SET balance = customers.balance
+        RETURNING tenant, customer_id, balance
         """,
-        *_cols(unique, 2),
+        *_cols([(t, c, opening.get(t, 0)) for t, c in unique], 3),
     )
     return {(r["tenant"], r["customer_id"]): r["balance"] for r in rows}
 
