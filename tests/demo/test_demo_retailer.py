@@ -98,6 +98,16 @@ def test_nps_answers_follow_the_target_distribution() -> None:
     assert any(c and any("а" <= ch <= "я" for ch in c) for _, c in answers)  # Russian comments too
 
 
+def test_advocates_lean_to_promoters_without_moving_the_population_shares() -> None:
+    rng = random.Random(8)
+    population = [nps_answer(rng, "en", lean=2 * (rng.betavariate(2, 2) - 0.5))[0] for _ in range(20_000)]
+    assert abs(sum(s >= 9 for s in population) / 20_000 - 0.45) < 0.015
+    assert abs(sum(s <= 6 for s in population) / 20_000 - 0.20) < 0.015
+    fans = [nps_answer(rng, "en", lean=0.8)[0] for _ in range(5000)]
+    critics = [nps_answer(rng, "en", lean=-0.8)[0] for _ in range(5000)]
+    assert sum(s >= 9 for s in fans) > 1.5 * sum(s >= 9 for s in critics)
+
+
 def test_every_comment_hits_a_program_theme() -> None:
     themes = yaml.safe_load((PROGRAMS / "acme-diy.yaml").read_text())["surveys"]["themes"]
     keywords = [k.lower() for theme in themes for k in theme["keywords"]] + ["late", "overpriced"]

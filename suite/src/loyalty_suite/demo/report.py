@@ -413,12 +413,12 @@ def nps_section(data: RunData) -> Section:
     span = max(1, math.ceil(15 * len(weeks) / max(1, len(nps))))
     buckets = weeks[::span]
     segments = sorted({r.env.data.sales_channel or "unknown" for r in nps})
-    series: dict[str, list[float | None]] = {"all": []}
-    series.update({seg: [] for seg in segments})
+    series: dict[str, list[float | None]] = {seg: [] for seg in segments}
+    series["all channels"] = []  # last, so it is drawn on top
     for start in buckets:
         end = start + timedelta(days=7 * span)
         in_bucket = [r for r in nps if start <= r.env.time < end]
-        series["all"].append(nps_of(r.env.data.score for r in in_bucket) if len(in_bucket) >= 5 else None)
+        series["all channels"].append(nps_of(r.env.data.score for r in in_bucket) if len(in_bucket) >= 5 else None)
         for seg in segments:
             scores = [r.env.data.score for r in in_bucket if (r.env.data.sales_channel or "unknown") == seg]
             series[seg].append(nps_of(scores) if len(scores) >= 5 else None)
@@ -436,8 +436,9 @@ def nps_section(data: RunData) -> Section:
         _stat("follow-ups asked", str(len(data.of("FollowUpRequested")))),
     ])
     bucket_name = "weekly" if span == 1 else f"every {span} weeks"
-    points = sum(v is not None for v in series["all"])
-    trend = charts.lines([_label(w) for w in buckets], series, y_min=-100, y_max=100, zero_line=True) \
+    points = sum(v is not None for v in series["all channels"])
+    colors = [charts.PALETTE[1 + i] for i in range(len(segments))] + ["#1e3a8a"]
+    trend = charts.lines([_label(w) for w in buckets], series, y_min=-100, y_max=100, zero_line=True, colors=colors) \
         if points >= 2 else f"<p>Too few NPS answers for a trend ({len(nps)}); a longer or larger run fills it.</p>"
     html = (
         f'<div class="stats">{stats}</div><h3>NPS by sales channel, {bucket_name} (points need ≥ 5 answers)</h3>'
@@ -460,14 +461,15 @@ def _nps_by_tier(data: RunData, nps: Sequence[Rec]) -> str:
     for r in changes:
         history[r.env.data.customer_id].append((r.env.data.effective_at, r.env.data.to_tier))
     by_tier: dict[str, list[int]] = defaultdict(list)
+    unchanged = f"{data.tier_order[0]} (no change yet)" if data.tier_order else "no tier"
     for r in nps:
-        tier = "no tier"
+        tier = unchanged
         for at, to_tier in history.get(r.env.data.customer_id, []):
             if at <= r.env.time:
                 tier = to_tier
         by_tier[tier].append(r.env.data.score)
-    order = [t for t in [*data.tier_order, "no tier"] if t in by_tier] + sorted(
-        t for t in by_tier if t not in data.tier_order and t != "no tier")
+    order = [t for t in [unchanged, *data.tier_order] if t in by_tier] + sorted(
+        t for t in by_tier if t not in data.tier_order and t != unchanged)
     rows = [(t, len(by_tier[t]), f"{nps_of(by_tier[t]):+.0f}") for t in order]
     return _table(("tier", "answers", "NPS"), rows)
 

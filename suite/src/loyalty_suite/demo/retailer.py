@@ -921,12 +921,19 @@ def sentiment_of_nps(score: int) -> str:
     return "promoter" if score >= 9 else ("passive" if score >= 7 else "detractor")
 
 
-def nps_answer(rng: random.Random, locale: str) -> tuple[int, str | None]:
-    """45 % promoters, 35 % passives (most 7-8 without a comment), 20 % detractors (mostly with a comment)."""
+def nps_answer(rng: random.Random, locale: str, lean: float = 0.0) -> tuple[int, str | None]:
+    """45 % promoters, 35 % passives (most 7-8 without a comment), 20 % detractors (mostly with a comment).
+
+    `lean` in [-1, 1] tilts one customer's answer (their advocacy); centred on 0 over the population, it keeps
+    the overall shares while making the customers who refer friends more often the ones who say they would.
+    """
+    lean = max(-1.0, min(1.0, lean))
+    promoters = 0.45 + 0.25 * lean
+    detractors = 0.20 - 0.12 * lean
     r = rng.random()
-    if r < 0.45:
+    if r < promoters:
         score, comment_share = rng.choice((9, 10, 10)), 0.45
-    elif r < 0.80:
+    elif r < 1 - detractors:
         score, comment_share = rng.choice((7, 8)), 0.35
     else:
         score, comment_share = rng.choices((0, 1, 2, 3, 4, 5, 6), weights=(3, 2, 4, 6, 8, 12, 15))[0], 0.85
@@ -956,8 +963,10 @@ def answer_survey(request: SurveyRequested, profile: Profile, answered_at: datet
     """Whether and how a customer answers a survey request (no consent: they never saw it)."""
     if not profile.consents.survey or rng.random() >= answer_share:
         return None
-    draw = {"nps": nps_answer, "csat": csat_answer, "question": question_answer}[request.kind]
-    score, comment = draw(rng, profile.locale)
+    if request.kind == "nps":
+        score, comment = nps_answer(rng, profile.locale, lean=2 * (profile.advocacy - 0.5))
+    else:
+        score, comment = (csat_answer if request.kind == "csat" else question_answer)(rng, profile.locale)
     return SurveyAnswered(
         customer_id=request.customer_id, occurred_at=answered_at, survey_id=request.survey_id,
         request_id=request.request_id, score=score, comment=comment,
