@@ -52,6 +52,7 @@ class NotifierApp(ServiceApp):
         self.environ = dict(os.environ) if environ is None else environ
         self.notifier = Notifier(tenants)
         self.sender: Sender | None = None
+        self.channel_senders: dict[str, ChannelSenders] = {}
         self.http: httpx.AsyncClient | None = None
         self.batch_handler(*consumed_event_types(tenants.values()))(self.notifier.handle_batch)
         self.timer_handler(JOURNEY_TIMER)(self.notifier.handle_journey_timers)
@@ -68,10 +69,13 @@ class NotifierApp(ServiceApp):
             key = "loyalty-notifier-development-key"
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=s.sender_concurrency))
         assert self.pool is not None and self.relay is not None
+        self.channel_senders = {
+            name: ChannelSenders(t.program, self.http, self.environ) for name, t in self.tenants.items()
+        }
         self.sender = Sender(
             pool=self.pool,
             tenants=self.tenants,
-            channels={name: ChannelSenders(t.program, self.http, self.environ) for name, t in self.tenants.items()},
+            channels=self.channel_senders,
             service=self.name,
             clock=s.timer_clock,
             topic_prefix=s.topic_prefix,
@@ -88,6 +92,9 @@ class NotifierApp(ServiceApp):
     async def stop(self) -> None:
         await super().stop()
         self.sender = None
+        for senders in self.channel_senders.values():
+            await senders.close()
+        self.channel_senders = {}
         if self.http is not None:
             await self.http.aclose()
             self.http = None

@@ -5,6 +5,7 @@ unavailable or permanent is the only decision made here (what to do about it is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -58,6 +59,61 @@ class RateLimiter:
             await asyncio.sleep(wait)
 
 
+class SmtpPool:
+    """A few long-lived SMTP sessions (connect + EHLO + AUTH once, then one MAIL/RCPT/DATA per message):
+    a new TCP + SMTP handshake per message costs more than the message itself."""
+
+    def __init__(self, cfg: SmtpChannelConfig, username: str | None, password: str | None) -> None:
+        self.cfg = cfg
+        self.username = username
+        self.password = password
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(cfg.connections)
+
+    def _client(self) -> aiosmtplib.SMTP:
+        cfg = self.cfg
+        return aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            use_tls=cfg.use_tls,
+            start_tls=cfg.starttls,
+            username=self.username,
+            password=self.password,
+            timeout=cfg.timeout_s,
+        )
+
+    async def send(self, message: EmailMessage) -> None:
+        async with self._slots:
+            reused = bool(self._idle)
+            client = self._idle.pop() if reused else self._client()
+            try:
+                if not client.is_connected:
+                    await client.connect()
+                await client.send_message(message)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                client.close()
+                if not reused:
+                    raise
+                # An idle session the server closed meanwhile: one fresh session, then report what happens.
+                client = self._client()
+                try:
+                    await client.connect()
+                    await client.send_message(message)
+                except BaseException:
+                    client.close()
+                    raise
+            except BaseException:
+                client.close()
+                raise
+            self._idle.append(client)
+
+    async def close(self) -> None:
+        while self._idle:
+            client = self._idle.pop()
+            with contextlib.suppress(Exception):
+                await client.quit()
+
+
 def build_email(
     cfg: SmtpChannelConfig, delivery: ClaimedDelivery, *, unsubscribe_url: str, unsubscribe_mailto: str | None
 ) -> EmailMessage:
@@ -94,12 +150,21 @@ class ChannelSenders:
         for name, cfg in (("email", ch.email), ("sms", ch.sms), ("telegram", ch.telegram)):
             if cfg is not None:
                 self.limits[name] = RateLimiter(cfg.rate_per_second)
+        self.smtp = (
+            SmtpPool(ch.email, self._secret(ch.email.username_env), self._secret(ch.email.password_env))
+            if ch.email is not None
+            else None
+        )
         self.endpoints: dict[str, WebhookEndpointConfig] = {w.id: w for w in program.webhooks}
         for w in program.webhooks:
             self.limits[f"webhook:{w.id}"] = RateLimiter(w.rate_per_second)
 
     def _secret(self, name: str | None) -> str | None:
         return self.env.get(name) if name else None
+
+    async def close(self) -> None:
+        if self.smtp is not None:
+            await self.smtp.close()
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:
         try:
@@ -133,17 +198,9 @@ class ChannelSenders:
             unsubscribe_url=delivery.content.get("unsubscribe_url", self.program.unsubscribe_url),
             unsubscribe_mailto=self.program.unsubscribe_mailto,
         )
+        assert self.smtp is not None
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=cfg.host,
-                port=cfg.port,
-                start_tls=cfg.starttls,
-                use_tls=cfg.use_tls,
-                username=self._secret(cfg.username_env),
-                password=self._secret(cfg.password_env),
-                timeout=cfg.timeout_s,
-            )
+            await self.smtp.send(message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return SendResult(False, FailureKind.PERMANENT, f"recipient refused: {len(exc.recipients)}")
         except aiosmtplib.SMTPResponseException as exc:

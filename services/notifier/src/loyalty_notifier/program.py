@@ -58,6 +58,7 @@ class SmtpChannelConfig(_Strict):
     password_env: str | None = None
     timeout_s: float = Field(10.0, gt=0)
     rate_per_second: float = Field(50.0, gt=0)
+    connections: int = Field(4, ge=1, le=100, description="SMTP sessions kept open and reused")
 
 
 class SmsChannelConfig(_Strict):

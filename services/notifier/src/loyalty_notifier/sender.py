@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -91,6 +92,9 @@ class Sender:
         self._gate = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self.sent_total = 0
+        # Seconds spent per phase, and rounds (the benchmark prints them: where does the time go?).
+        self.phase_s: dict[str, float] = {"claim": 0.0, "send": 0.0, "record": 0.0}
+        self.rounds = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -142,6 +146,7 @@ class Sender:
 
     async def send_due(self) -> int:
         """One round: claim, send, record. Returns how many rows were claimed."""
+        t0 = time.perf_counter()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 claimed = await store.claim_due(conn, limit=self.claim_limit, lease_s=self.lease_s, clock=self.clock)
@@ -151,7 +156,9 @@ class Sender:
                 await outbox.insert(conn, records, self.service)
         if records and self.on_committed:
             self.on_committed()
+        t1 = time.perf_counter()
         results = await asyncio.gather(*(self._send_one(d) for d in to_send))
+        t2 = time.perf_counter()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 records = await self._record(conn, list(zip(to_send, results, strict=True)))
@@ -159,6 +166,10 @@ class Sender:
         self.sent_total += sum(1 for r in results if r.ok)
         if records and self.on_committed:
             self.on_committed()
+        t3 = time.perf_counter()
+        self.rounds += 1
+        for phase, seconds in (("claim", t1 - t0), ("send", t2 - t1), ("record", t3 - t2)):
+            self.phase_s[phase] += seconds
         return len(claimed)
 
     async def _send_one(self, delivery: ClaimedDelivery) -> SendResult:
