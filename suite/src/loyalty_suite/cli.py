@@ -110,17 +110,31 @@ def stack_env(stack_dir: Path | None = typer.Option(None)) -> None:
 
 @app.command("run")
 def run(
+    customers: int = typer.Option(300, help="Synthetic customers of the example retailer."),
+    days: int = typer.Option(120, help="Simulated days the stream covers."),
+    rate: float = typer.Option(150.0, help="Events published per second (0: as fast as possible)."),
+    seed: int = typer.Option(20260601, help="Seed of the synthetic retailer (same seed, same stream)."),
+    programs_dir: Path = typer.Option(Path("programs"), help="Retailer program files."),
+    reports_dir: Path = typer.Option(Path("reports"), help="Where run-<time>/report.html is written."),
+    keep_running: bool = typer.Option(False, help="After the report, keep the suite running until Ctrl-C."),
+    simulate: bool = typer.Option(True, help="Simulated customers answer surveys and staff resolve cases."),
     stack_dir: Path | None = typer.Option(None, help="Where state, data and logs live (default ./.stack)."),
 ) -> None:
-    """The main job: bring the stack up and keep it running until Ctrl-C (services join as they land)."""
-    stack = LocalStack(stack_dir, tied_to_parent=True)
+    """The main job: stack, four services, a synthetic retailer's stream, then the report."""
+    from .main_job import RunOptions, run_main_job
+
+    opts = RunOptions(customers=customers, days=days, rate=rate, seed=seed, programs_dir=programs_dir,
+                      reports_dir=reports_dir, stack_dir=stack_dir, keep_running=keep_running, simulate=simulate)
     try:
-        endpoints = stack.up()
+        path = asyncio.run(run_main_job(opts))
+    except KeyboardInterrupt:
+        typer.echo("aborted")
+        raise typer.Exit(130) from None
     except StackError as exc:
         _fail(exc)
         return
-    typer.echo(f"stack ready ({endpoints.backend}): kafka {endpoints.kafka_bootstrap}; Ctrl-C stops everything")
-    wait_forever_then(stack.down)
+    if path is not None:
+        typer.echo(f"open {path}")
 
 
 @dlq_app.command("list")
