@@ -15,7 +15,7 @@ from demo_results import synthetic_results
 from loyalty_contracts.envelope import Envelope, encode
 from loyalty_notifier.signing import signature_header
 from loyalty_suite.demo.report import build_report, collect, latency_hops, write_report
-from loyalty_suite.demo.retailer import RetailerConfig, build_plan, ensure_topics
+from loyalty_suite.demo.retailer import RetailerConfig, build_plan
 from loyalty_suite.demo.sinks import Sinks
 
 PROGRAMS = Path(__file__).resolve().parents[2] / "programs"
@@ -25,7 +25,6 @@ SECTIONS = ("Tier distribution over time", "Referral funnel and the says-vs-does
 
 
 async def produce(bootstrap: str, prefix: str, envelopes: list[Envelope]) -> None:
-    await ensure_topics(bootstrap, prefix)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
@@ -68,9 +67,9 @@ async def send_to_sinks(sinks_endpoints, results: list[Envelope], registrations:
 
 
 async def test_report_renders_every_section_from_kafka_and_sinks(
-    kafka_bootstrap: str, unique_suffix: str, tmp_path: Path
+    kafka_bootstrap: str, demo_prefix: str, unique_suffix: str, tmp_path: Path
 ) -> None:
-    prefix = f"demo-{unique_suffix}."
+    prefix = demo_prefix
     plan = build_plan(RetailerConfig(customers=60, days=45, seed=4, id_prefix=f"r{unique_suffix}"))
     results = list(synthetic_results(plan))
     started_ms = int(time.time() * 1000) - 1000
@@ -111,9 +110,9 @@ async def test_report_renders_every_section_from_kafka_and_sinks(
     assert "cases:" in summary and "referrals:" in summary
 
 
-async def test_report_says_which_service_left_no_data(kafka_bootstrap: str, unique_suffix: str,
+async def test_report_says_which_service_left_no_data(kafka_bootstrap: str, demo_prefix: str, unique_suffix: str,
                                                       tmp_path: Path) -> None:
-    prefix = f"demo-{unique_suffix}."
+    prefix = demo_prefix
     plan = build_plan(RetailerConfig(customers=15, days=14, seed=9, id_prefix=f"n{unique_suffix}"))
     await produce(kafka_bootstrap, prefix, plan.envelopes)
     data = await collect(kafka_bootstrap, tenant="acme-diy", run_dir=tmp_path, topic_prefix=prefix)

@@ -15,14 +15,13 @@ from loyalty_suite.demo.retailer import (
     RetailerConfig,
     SimClock,
     build_plan,
-    ensure_topics,
     run_stream,
 )
 
 
-async def test_stream_reaches_kafka_in_full_and_the_simulator_reacts(kafka_bootstrap: str,
+async def test_stream_reaches_kafka_in_full_and_the_simulator_reacts(kafka_bootstrap: str, demo_prefix: str,
                                                                      unique_suffix: str) -> None:
-    prefix = f"demo-{unique_suffix}."
+    prefix = demo_prefix
     plan = build_plan(RetailerConfig(customers=25, days=20, seed=2, id_prefix=f"s{unique_suffix}"))
     surveyed = next(p for p in plan.profiles.values() if p.consents.survey)
     progress: list[int] = []
@@ -55,7 +54,6 @@ async def test_stream_reaches_kafka_in_full_and_the_simulator_reacts(kafka_boots
         finally:
             await producer.stop()
 
-    await ensure_topics(kafka_bootstrap, prefix)
     helper = asyncio.create_task(fake_surveys_service())
     result = await run_stream(kafka_bootstrap, plan, rate=400, progress_cb=on_progress,
                               settle_s=3.0, topic_prefix=prefix)
@@ -75,8 +73,9 @@ async def test_stream_reaches_kafka_in_full_and_the_simulator_reacts(kafka_boots
     assert result.expected.counts["PurchaseMade"] == names.count("PurchaseMade")
 
 
-async def test_simulator_answers_and_resolves_when_asked(kafka_bootstrap: str, unique_suffix: str) -> None:
-    prefix = f"demo-{unique_suffix}."
+async def test_simulator_answers_and_resolves_when_asked(kafka_bootstrap: str, demo_prefix: str,
+                                                        unique_suffix: str) -> None:
+    prefix = demo_prefix
     plan = build_plan(RetailerConfig(customers=10, days=10, seed=5, id_prefix=f"q{unique_suffix}"))
     profile = next(p for p in plan.profiles.values() if p.consents.survey)
     clock = SimClock()
