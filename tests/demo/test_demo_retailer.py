@@ -122,7 +122,7 @@ def test_cases_are_mostly_resolved_in_time_some_late_some_never() -> None:
     opened = datetime(2026, 7, 1, 10, tzinfo=UTC)
     case = DetractorCaseOpened(customer_id="c-1", occurred_at=opened, case_id="case-1", feedback_id="f-1",
                                score=3, deadline_at=opened + timedelta(hours=8))
-    outcomes = Counter()
+    outcomes: Counter[str] = Counter()
     for _ in range(2000):
         resolution = resolve_case(case, None, rng)
         outcomes["open" if resolution is None else

@@ -6,7 +6,7 @@ caller or from `PALETTE`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 PALETTE = ("#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#9ca3af")
@@ -89,7 +89,7 @@ def _legend(parts: list[str], names: Sequence[str], colors: Sequence[str], x: in
         offset += 24 + 7 * len(name)
 
 
-def stacked_columns(x_labels: Sequence[str], series: dict[str, Sequence[float]], *, width: int = 1080,
+def stacked_columns(x_labels: Sequence[str], series: Mapping[str, Sequence[float]], *, width: int = 1080,
                     height: int = 300, colors: Sequence[str] | None = None, unit: str = "") -> str:
     """One column per x label, stacked by series (in the dict's order), with a legend on top."""
     if not x_labels or not series:
@@ -120,7 +120,7 @@ def stacked_columns(x_labels: Sequence[str], series: dict[str, Sequence[float]],
     return "".join(parts)
 
 
-def lines(x_labels: Sequence[str], series: dict[str, Sequence[float | None]], *, width: int = 1080,
+def lines(x_labels: Sequence[str], series: Mapping[str, Sequence[float | None]], *, width: int = 1080,
           height: int = 280, y_min: float | None = None, y_max: float | None = None,
           colors: Sequence[str] | None = None, unit: str = "", zero_line: bool = False) -> str:
     """A line per series over the x labels; None values leave a gap (no data in that bucket)."""
