@@ -40,7 +40,7 @@ from loyalty_kit import BatchContext, ServiceApp, ServiceSettings
 from loyalty_kit.outbox import make_producer
 from loyalty_kit.runtime import tune_gc
 from loyalty_kit.testing import fresh_database, publish_raw
-from loyalty_kit.topics import ensure_topics
+from loyalty_kit.topics import delete_topics_with_prefix, ensure_topics
 
 PURCHASE = "loyalty.PurchaseMade.v1"
 MILESTONE = "loyalty.TierProgressMilestone.v1"
@@ -92,10 +92,11 @@ async def run_limit_pipeline(
     ``dsn`` may be any DSN allowed to create a table in its default schema.
     """
     run = uuid.uuid4().hex[:8]
+    own_prefix = f"bench-{run}."
     if input_topic is None:
-        input_topic = f"bench-{run}.input"
+        input_topic = own_prefix + "input"
         await prepare_input(bootstrap, n, input_topic)
-    output_topic = f"bench-{run}.limit-out"
+    output_topic = own_prefix + "limit-out"
     await ensure_topics(bootstrap, [output_topic])
     table = f"bench_limit_{run}"
     conn = await asyncpg.connect(dsn)
@@ -133,6 +134,7 @@ async def run_limit_pipeline(
         await producer.stop()
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()
+        await delete_topics_with_prefix(bootstrap, own_prefix)
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -271,6 +273,7 @@ async def run_naive_pipeline(bootstrap: str, dsn: str, n: int, *, input_topic: s
     finally:
         await broker.stop()
         await pool.close()
+        await delete_topics_with_prefix(bootstrap, f"bench-{run}.")
 
 
 async def _raw_decoder(_: Any) -> None:
@@ -325,19 +328,25 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         input_topic = prefix + topic_for(PURCHASE)
         n = args.events
         print(f"preparing {max(n, args.naive_events)} input events on {input_topic} ...", file=sys.stderr)
-        await prepare_input(bootstrap, max(n, args.naive_events), input_topic)
         limits: list[PipelineResult] = []
         kits: list[PipelineResult] = []
-        with tempfile.TemporaryDirectory() as workdir:
-            # Alternating runs spread a noisy neighbour over both pipelines instead of one of them.
-            for _ in range(args.repeat):
-                limits.append(await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch, input_topic=input_topic))
-                kits.append(
-                    await run_kit_pipeline(
-                        bootstrap, dsn, n, batch=args.batch, input_topic=input_topic, workdir=Path(workdir)
+        try:
+            await prepare_input(bootstrap, max(n, args.naive_events), input_topic)
+            with tempfile.TemporaryDirectory() as workdir:
+                # Alternating runs spread a noisy neighbour over both pipelines instead of one of them.
+                for _ in range(args.repeat):
+                    limits.append(
+                        await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch, input_topic=input_topic)
                     )
-                )
-        naive = await run_naive_pipeline(bootstrap, dsn, args.naive_events, input_topic=input_topic)
+                    kits.append(
+                        await run_kit_pipeline(
+                            bootstrap, dsn, n, batch=args.batch, input_topic=input_topic, workdir=Path(workdir)
+                        )
+                    )
+            naive = await run_naive_pipeline(bootstrap, dsn, args.naive_events, input_topic=input_topic)
+        finally:
+            # The kit runs used this prefix too (input and emitted topics): leave nothing on the broker.
+            await delete_topics_with_prefix(bootstrap, prefix)
     limit, kit = _median(limits), _median(kits)
     if args.repeat > 1:
         print("runs (events/s): limit " + ", ".join(f"{r.per_second:.0f}" for r in limits)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from loyalty_kit.testing import fresh_database
+from loyalty_kit.topics import delete_topics_with_prefix
 
 
 @pytest.fixture
@@ -32,8 +33,13 @@ async def kit_db(pg_admin_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def suffix() -> str:
-    return uuid.uuid4().hex[:8]
+async def suffix(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """Random suffix of this test's names; its topics (prefix ``t<suffix>.``) are deleted afterwards so
+    the shared broker does not accumulate partitions."""
+    value = uuid.uuid4().hex[:8]
+    yield value
+    if "kafka_bootstrap" in request.fixturenames:
+        await delete_topics_with_prefix(request.getfixturevalue("kafka_bootstrap"), f"t{value}.")
 
 
 @pytest.fixture

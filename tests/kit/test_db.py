@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -81,5 +82,7 @@ async def test_inbox_returns_only_ids_never_seen_including_repeats_within_one_ca
             assert await inbox.record_new(conn, ["a", "b", "a"]) == {"a", "b"}
             assert await inbox.record_new(conn, ["b", "c"]) == {"c"}
             assert await conn.fetchval("SELECT count(*) FROM inbox") == 3
+            assert await inbox.prune(conn, timedelta(days=1)) == 0
+            assert await inbox.prune(conn, timedelta(0)) == 3
     finally:
         await pool.close()

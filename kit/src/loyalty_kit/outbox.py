@@ -109,7 +109,7 @@ class OutboxRelay:
                 if not (is_transient_db_error(exc) or isinstance(exc, KafkaError)):
                     log.exception("outbox relay failed; restarting", extra={"schema": self.schema})
                 else:
-                    log.warning("outbox relay transient error", extra={"error": type(exc).__name__})
+                    log.warning("outbox relay transient error; retrying", extra={"error": repr(exc)[:300]})
                 if self.metrics:
                     self.metrics.retries.labels("outbox_relay").inc()
                 self.is_leader = False

@@ -46,3 +46,21 @@ async def ensure_topics(
             log.info("created topics", extra={"count": len(new)})
     finally:
         await admin.close()
+
+
+async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (test and benchmark clean-up); returns them.
+
+    A non-empty prefix is required: this must never be able to delete the catalogue's topics.
+    """
+    if not prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
+    finally:
+        await admin.close()
