@@ -40,6 +40,7 @@ from loyalty_contracts.envelope import Envelope, encode
 from loyalty_contracts.samples import sample, with_customer
 from loyalty_kit.outbox import make_producer
 from loyalty_kit.testing import fresh_database, isolated_settings, publish_raw, running
+from loyalty_kit.topics import delete_topics_with_prefix
 
 from bench.kit_bench import PipelineResult, endpoints, run_limit_pipeline
 
@@ -277,6 +278,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise RuntimeError("sink process did not start")
     await asyncio.sleep(1.0)  # uvicorn binds right after ready
     results: list[SinkResult] = []
+    cleanup: list[str] = []
     try:
         async with endpoints() as (bootstrap, admin_dsn), fresh_database(admin_dsn, prefix="bench_") as dsn:
             print(f"limit pipeline over {n} events ...", file=sys.stderr)
@@ -294,6 +296,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                     sender_concurrency=64,
                 )
                 app = build_app(settings, environ={**os.environ, "BENCH_HOOK": SECRET})
+                cleanup.append(settings.topic_prefix)
                 async with running(app):
                     paced_n = int(args.paced_rate * args.paced_seconds)
                     await seed_customers(app, 2 * n + 2 * paced_n)
@@ -330,6 +333,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 pool=app.pool,
                             )
                         )
+            for prefix in cleanup:  # the app's ~23 prefixed topics (and the limit run's) must not pile up
+                await delete_topics_with_prefix(bootstrap, prefix)
     finally:
         sinks.terminate()
         with contextlib.suppress(Exception):

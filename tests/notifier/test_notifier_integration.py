@@ -22,6 +22,7 @@ from loyalty_contracts.envelope import Envelope, decode
 from loyalty_contracts.events import retail
 from loyalty_contracts.samples import sample, with_customer
 from loyalty_kit.testing import TopicReader, fresh_database, isolated_settings, publish, running, unique, wait_until
+from loyalty_kit.topics import delete_topics_with_prefix
 from loyalty_notifier.app import NotifierApp, NotifierSettings, build_app
 from notifier_fakes import HttpFakes, SmtpSink, free_port
 
@@ -145,10 +146,14 @@ async def _world(kafka_bootstrap: str, pg_admin_dsn: str, programs: Path, *, clo
                 **base.model_dump(exclude={"programs_dir"}), programs_dir=programs, sender_poll_interval_s=0.1
             )
             app = build_app(settings, environ=ENV)
-            async with running(app):
-                topics = [f"{settings.topic_prefix}loyalty.{t}.v1" for t in OUT_TYPES]
-                async with TopicReader(kafka_bootstrap, *topics) as out:
-                    yield World(app, kafka_bootstrap, settings.topic_prefix, dsn, smtp, http, out)
+            try:
+                async with running(app):
+                    topics = [f"{settings.topic_prefix}loyalty.{t}.v1" for t in OUT_TYPES]
+                    async with TopicReader(kafka_bootstrap, *topics) as out:
+                        yield World(app, kafka_bootstrap, settings.topic_prefix, dsn, smtp, http, out)
+            finally:
+                # ~23 prefixed topics per app: leaving them behind grows the shared broker's heap every run.
+                await delete_topics_with_prefix(kafka_bootstrap, settings.topic_prefix)
     finally:
         await http.stop()
         smtp.stop()
@@ -402,7 +407,8 @@ async def test_journey_steps_fire_in_event_time_and_at_most_once(night: World) -
     assert "first check" in night.smtp.to("new@shop.test")[1]["Subject"]
     # A redelivered timer (e.g. a crash after sending, before the timer row was deleted) sends nothing.
     await night.sql(
-        "INSERT INTO timers (tenant, kind, key, due_at, payload) VALUES ('night', 'journey-step', 'again', $1, $2::jsonb)",
+        "INSERT INTO timers (tenant, kind, key, due_at, payload) "
+        "VALUES ('night', 'journey-step', 'again', $1, $2::jsonb)",
         start,
         json.dumps(
             {
