@@ -368,6 +368,7 @@ def test_velocity_window_rolls() -> None:
     statuses = [book.referrals[f"f{i}"].status for i in range(3)]
     assert statuses == [ReferralStatus.HELD, ReferralStatus.REJECTED, ReferralStatus.HELD]
     assert book.referrals["f1"].reason == RejectReason.VELOCITY_LIMIT
+    assert book.referrals["f1"].reason_detail.startswith("count:")
 
 
 def test_velocity_amount() -> None:
@@ -376,7 +377,9 @@ def test_velocity_amount() -> None:
     register(book, "f0", T0, code=code_of("alice"))
     register(book, "f1", T0, code=code_of("alice"))
     purchase(book, "f0", T0 + days(1), total=5000)
-    assert [e.reason for e in purchase(book, "f1", T0 + days(2), total=5000)] == [RejectReason.VELOCITY_LIMIT]
+    effects = purchase(book, "f1", T0 + days(2), total=5000)
+    assert [e.reason for e in effects] == [RejectReason.VELOCITY_LIMIT]
+    assert effects[0].detail.startswith("amount:")
 
 
 # ------------------------------------------------------------------------------------------------ refunds
