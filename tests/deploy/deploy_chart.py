@@ -117,3 +117,21 @@ def crd_errors(doc: dict[str, Any]) -> list[str]:
         f"{doc['kind']}/{doc['metadata']['name']}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
         for e in validator.iter_errors(doc)
     ]
+
+
+def secret_env_names(node: object) -> set[str]:
+    """Env var names the program files point at for secrets (keys ``*_env`` / ``*_envs``): in Kubernetes
+    these come from ``services.<name>.secretEnv``; here they get throwaway values."""
+    names: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if str(key).endswith("_env") and isinstance(value, str):
+                names.add(value)
+            elif str(key).endswith("_envs") and isinstance(value, list):
+                names.update(str(v) for v in value)
+            else:
+                names |= secret_env_names(value)
+    elif isinstance(node, list):
+        for item in node:
+            names |= secret_env_names(item)
+    return names

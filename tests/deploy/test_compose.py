@@ -17,7 +17,7 @@ import asyncpg
 import jsonschema
 import pytest
 import yaml
-from deploy_chart import DEPLOY, REPO, SERVICES
+from deploy_chart import DEPLOY, REPO, SERVICES, secret_env_names
 from loyalty_contracts import catalogue
 from loyalty_kit.settings import ServiceSettings
 
@@ -69,6 +69,21 @@ def test_every_reference_resolves(compose: dict[str, Any]) -> None:
             assert context == REPO and (context / svc["build"]["dockerfile"]).is_file()
     host_ports = [p.split(":")[0] for s in services.values() for p in s.get("ports", [])]
     assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
+
+
+def test_compose_supplies_every_secret_the_program_files_name(compose: dict[str, Any]) -> None:
+    named: set[str] = set()
+    for program in sorted((REPO / "programs").glob("*.yaml")):
+        named |= secret_env_names(yaml.safe_load(program.read_text()))
+    assert named, "the example program names its secrets by environment variable"
+    for service in SERVICES:
+        env_files = compose["services"][service]["env_file"]
+        defined = set()
+        for env_file in env_files:
+            for line in (DEPLOY / env_file).read_text().splitlines():
+                if line and not line.startswith("#"):
+                    defined.add(line.split("=", 1)[0])
+        assert named <= defined, f"{service}: no value for {sorted(named - defined)}"
 
 
 def test_kafka_is_single_node_kraft_without_auto_created_topics(compose: dict[str, Any]) -> None:

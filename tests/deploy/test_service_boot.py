@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import yaml
-from deploy_chart import DEPLOY, REPO, SERVICES
+from deploy_chart import DEPLOY, REPO, SERVICES, secret_env_names
 
 pytestmark = pytest.mark.integration
 
@@ -57,24 +57,6 @@ def service_dsn(pg_admin_dsn: str) -> Iterator[str]:
     parts = urlsplit(pg_admin_dsn)
     yield urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-
-
-def secret_env_names(node: object) -> set[str]:
-    """Env var names the program files point at for secrets (keys ``*_env`` / ``*_envs``): in Kubernetes
-    these come from ``services.<name>.secretEnv``; here they get throwaway values."""
-    names: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if str(key).endswith("_env") and isinstance(value, str):
-                names.add(value)
-            elif str(key).endswith("_envs") and isinstance(value, list):
-                names.update(str(v) for v in value)
-            else:
-                names |= secret_env_names(value)
-    elif isinstance(node, list):
-        for item in node:
-            names |= secret_env_names(item)
-    return names
 
 
 def free_port() -> int:
