@@ -35,6 +35,7 @@ from loyalty_contracts.catalogue import topic_for
 from loyalty_contracts.envelope import Envelope, encode
 from loyalty_contracts.samples import T0, sample, with_customer
 from loyalty_kit import ServiceSettings, migrations
+from loyalty_kit.batch import BatchProcessor
 from loyalty_kit.db import create_pool
 from loyalty_kit.outbox import make_producer
 from loyalty_kit.programs import load_program_files
@@ -104,7 +105,7 @@ async def prepare_input(bootstrap: str, topic: str, n: int, customers: int) -> N
 
 
 async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: Any) -> None:
-    """COPY `customers` customers with one earlier purchase each (facts, ledger, status rows)."""
+    """COPY `customers` customers with one earlier purchase each (ledger entry + status row with its doc)."""
     templates = []
     for share, points in SEED_MIX:
         fact = domain.Purchase("seed", SEED_TIME, "seed-order", "EUR",
@@ -114,23 +115,19 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
     chunk = 20_000  # small chunks keep the bench process RSS (which is measured) low
     async with pool.acquire() as conn:
         for start in range(0, customers, chunk):
-            facts, ledger, rows = [], [], []
+            ledger, rows = [], []
             for i in range(start, min(customers, start + chunk)):
                 cid = customer_id(i)
                 fact, outcome = templates[i % len(templates)]
                 fact = domain.Purchase(f"seed-{i}", fact.occurred_at, f"seed-order-{i}", fact.currency, fact.lines)
-                facts.append((TENANT, cid, fact.event_id, "purchase", fact.occurred_at,
-                              json.dumps(domain.fact_to_json(fact))))
                 e = outcome.entries[0]
                 ledger.append((TENANT, cid, program.version, fact.event_id, 1, e.activity, e.points, e.counts_from,
                                e.expires_at, e.rule, fact.order_id))
-                r = store.CustomerRow.of(cid, program, outcome.state, outcome.snapshot)
+                r = store.CustomerRow.of(cid, program, outcome.state, outcome.snapshot, [fact],
+                                         {fact.event_id: store.entry_key(1, e)})
                 rows.append((TENANT, cid, r.program_version, r.tier, r.since, r.reason, r.points, r.as_of,
-                             None, None, None, list(r.milestones), None, None))
+                             None, None, None, list(r.milestones), None, None, r.doc_json()))
             async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "facts", schema_name="tiers", records=facts,
-                    columns=["tenant", "customer_id", "event_id", "kind", "occurred_at", "body"])
                 await conn.copy_records_to_table(
                     "ledger", schema_name="tiers", records=ledger,
                     columns=["tenant", "customer_id", "program_version", "entry_id", "revision", "activity",
@@ -139,8 +136,8 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
                     "customers", schema_name="tiers", records=rows,
                     columns=["tenant", "customer_id", "program_version", "tier", "since", "reason", "points",
                              "as_of", "pending_to", "pending_effective_at", "pending_notice_at", "milestones",
-                             "notice_for", "next_check_at"])
-        await conn.execute("ANALYZE tiers.facts; ANALYZE tiers.ledger; ANALYZE tiers.customers")
+                             "notice_for", "next_check_at", "doc"])
+        await conn.execute("ANALYZE tiers.ledger; ANALYZE tiers.customers")
 
 
 async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batch: int) -> TiersResult:
@@ -171,19 +168,20 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
         started: list[float] = []
         applied = [0]
         peak = [rss_mb()]
-        await app.start()
-        assert app.processor is not None and app.pool is not None and app.relay is not None
-        original = app.processor.process
+        original = BatchProcessor.process
 
-        async def timed(records: Any) -> Any:
+        # Patched on the class before start: the consumer may take its first batch inside app.start().
+        async def timed(self: BatchProcessor, records: Any) -> Any:
             if not started:
                 started.append(time.perf_counter())
-            outcome = await original(records)
-            applied[0] += outcome.applied + outcome.duplicates + outcome.dead_lettered
+            outcome = await original(self, records)
+            applied[0] += outcome.applied + outcome.duplicates + outcome.dead_lettered + outcome.ignored
             return outcome
 
-        app.processor.process = timed  # type: ignore[method-assign]
+        BatchProcessor.process = timed  # type: ignore[method-assign]
         try:
+            await app.start()
+            assert app.pool is not None and app.relay is not None
             async with app.pool.acquire() as conn:
                 while True:
                     peak[0] = max(peak[0], rss_mb())
@@ -193,6 +191,7 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
                 ended = time.perf_counter()
                 emitted = app.relay.published_total
         finally:
+            BatchProcessor.process = original  # type: ignore[method-assign]
             await app.stop()
     return TiersResult(customers, n, ended - started[0], emitted, peak[0], seed_seconds)
 

@@ -148,7 +148,7 @@ async def test_events_in_tier_changed_out_redelivery_no_double_points_and_api(en
         assert tier_changed.tenant == TENANT
         # The TierChanged continues the trace of the review that caused it.
         assert tier_changed.traceparent is not None
-        await wait_until(lambda: _at_least(env.dsn, "SELECT count(*) FROM tiers.facts", len(events)), within_s=30)
+        await wait_until(lambda: _at_least(env.dsn, "SELECT count(*) FROM tiers.ledger", len(events)), within_s=30)
         assert await ledger_points(env.dsn, "c1") == 130
         assert await ledger_points(env.dsn, "c2") == 0  # purchase and its full refund
 
@@ -273,3 +273,65 @@ async def test_recalculation_emits_only_changes(env: Env) -> None:
         assert again.customers == 0  # everyone is on version 2 already
         with pytest.raises(RecalculationError, match=r"tiers\.version is 2, not 3"):
             await recalculate(TENANT, 3, settings=env.settings)
+
+
+async def test_refund_before_its_purchase_becomes_a_new_ledger_revision(env: Env) -> None:
+    app, _ = build_app(env.settings)
+    prefix = env.settings.topic_prefix
+    refund_first = envelope(PurchaseRefunded(customer_id="c9", occurred_at=T0 + timedelta(days=2), order_id="o9",
+                                             refund_id="rf9", full=True, lines=[],
+                                             amount=Money(amount_minor=5000, currency="EUR")))
+    async with running(app):
+        await publish(env.bootstrap, [refund_first], topic_prefix=prefix)
+        await wait_until(lambda: _at_least(env.dsn, "SELECT count(*) FROM tiers.ledger", 1), within_s=30)
+        await publish(env.bootstrap, [purchase("c9", T0, "o9", 50)], topic_prefix=prefix)
+        await wait_until(lambda: _at_least(env.dsn, "SELECT count(*) FROM tiers.ledger", 3), within_s=30)
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        rows = await conn.fetch("SELECT entry_id, revision, points, rule FROM tiers.ledger WHERE customer_id = 'c9' "
+                                "ORDER BY recorded_at, revision")
+    finally:
+        await conn.close()
+    refund_rows = [(r["revision"], r["points"]) for r in rows if r["entry_id"] == refund_first.id]
+    assert refund_rows == [(1, 0), (2, -50)]  # appended, never updated
+    latest = {r["entry_id"]: r["points"] for r in rows}  # rows are in revision order
+    assert sum(latest.values()) == 0  # the purchase's 50 and the refund's -50
+
+
+async def test_migration_folds_existing_facts_and_ledger_into_customer_documents(pg_admin_dsn: str,
+                                                                                 tmp_path: Path) -> None:
+    from loyalty_kit import migrations
+    from loyalty_kit.db import create_pool
+    from loyalty_tiers import store
+    from loyalty_tiers.app import MIGRATIONS_DIR
+
+    only_first = tmp_path / "m"
+    only_first.mkdir()
+    (only_first / "0001_tiers.sql").write_text((MIGRATIONS_DIR / "0001_tiers.sql").read_text())
+    async with fresh_database(pg_admin_dsn, prefix="tiers_mig_") as dsn:
+        pool = await create_pool(dsn, "tiers", min_size=1, max_size=1)
+        try:
+            await migrations.apply(pool, "tiers", only_first)
+            async with pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO customers (tenant, customer_id, program_version, tier, reason, points, as_of) "
+                    "VALUES ('t', 'c', 1, 'maker', 'threshold_reached', 120, $1)", T0)
+                body = ('{"fact": "survey", "event_id": "e1", "occurred_at": "2026-03-02T10:30:00+00:00", '
+                        '"request_id": "rq"}')
+                await conn.execute(
+                    "INSERT INTO facts (tenant, customer_id, event_id, kind, occurred_at, body) "
+                    "VALUES ('t', 'c', 'e1', 'survey', $1, $2::jsonb)", T0, body)
+                for revision, points in ((1, 0), (2, 5)):
+                    await conn.execute(
+                        "INSERT INTO ledger (tenant, customer_id, program_version, entry_id, revision, activity, "
+                        "points, counts_from, expires_at, rule, ref) VALUES ('t', 'c', 1, 'e1', $1, 'survey', $2, "
+                        "$3, $4, 'r', 'rq')", revision, points, T0, T0 + timedelta(days=365))
+            await migrations.apply(pool, "tiers", MIGRATIONS_DIR)
+            async with pool.acquire() as conn:
+                row = await store.load_customer(conn, "t", "c")
+        finally:
+            await pool.close()
+    assert row is not None
+    assert [f.event_id for f in row.facts] == ["e1"]
+    assert row.entries == {"e1": (2, 5, store.micros(T0), store.micros(T0 + timedelta(days=365)))}
+    assert row.entries_version == 1

@@ -1,9 +1,10 @@
 """Thin handlers: decode → domain → persist → emit, one batch at a time (multi-row SQL per batch).
 
 One batch handler serves every consumed event type: it turns envelopes into domain facts, groups them by
-tenant and customer, loads those customers' facts, ledger and status in three queries, runs the pure domain
-per customer, and writes facts, ledger revisions, statuses and history in four multi-row statements. The
+tenant and customer, runs the pure domain per customer and persists the results. The
 check timer (``tiers.check``) runs the same path with no new facts at the timer's due time.
+Per batch: one advisory-lock statement, one read of the customers' status rows (each carries the customer's
+facts and current entries), then multi-row writes of ledger revisions, statuses, history and timers.
 """
 
 from __future__ import annotations
@@ -163,18 +164,15 @@ async def apply_customers(
     conn = ctx.conn
     await store.lock_customers(conn, tenant, customers)
     stored = await store.load_customers(conn, tenant, customers)
-    known_facts = await store.load_facts(conn, tenant, customers)
-    existing = [c for c in customers if c in stored]
-    ledger = await store.load_ledger(conn, tenant, existing, program.version) if existing else {}
 
-    fact_rows: list[tuple[str, domain.Fact]] = []
     ledger_rows: list[tuple[str, int, domain.Entry]] = []
     customer_rows: list[store.CustomerRow] = []
     history_rows: list[store.HistoryRow] = []
     timers_to_cancel: list[str] = []
     timers_to_schedule: list[tuple[str, str, datetime, dict[str, str], str]] = []
     for customer_id in customers:
-        facts = known_facts.get(customer_id, [])
+        before = stored.get(customer_id)
+        facts = list(before.facts) if before is not None else []
         seen = {f.event_id for f in facts}
         cause: Envelope | None = None
         times = []
@@ -184,9 +182,7 @@ async def apply_customers(
                 continue
             seen.add(fact.event_id)
             facts.append(fact)
-            fact_rows.append((customer_id, fact))
             times.append(fact.occurred_at)
-        before = stored.get(customer_id)
         if customer_id in evaluate_at:
             times.append(evaluate_at[customer_id])
         if before is not None:
@@ -199,16 +195,24 @@ async def apply_customers(
             outcome = domain.recalculate(program, customer_id, facts, snapshot, as_of, rules.zone)
         else:
             outcome = domain.process(program, customer_id, facts, snapshot, as_of, rules.zone)
-        fact_rows.extend((customer_id, f) for f in outcome.new_facts)
+        facts.extend(outcome.new_facts)
 
+        # Append-only ledger: new entries get revision 1, changed ones (a late purchase completing an early
+        # refund, a late event under a cap) a new revision; unchanged ones nothing.
+        prior_entries = (before.entries if before is not None and before.entries_version == program.version
+                         else {})
+        entries: dict[str, store.EntryKey] = {}
         for entry in outcome.entries:
-            prior = ledger.get((customer_id, entry.entry_id))
+            prior = prior_entries.get(entry.entry_id)
+            key = store.entry_key(1 if prior is None else prior[0], entry)
             if prior is None:
                 ledger_rows.append((customer_id, 1, entry))
-            elif prior.entry != entry:
-                ledger_rows.append((customer_id, prior.revision + 1, entry))
+            elif prior[1:] != key[1:]:
+                key = store.entry_key(prior[0] + 1, entry)
+                ledger_rows.append((customer_id, key[0], entry))
+            entries[entry.entry_id] = key
 
-        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot)
+        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, facts, entries)
         customer_rows.append(row)
         for effect in outcome.effects:
             event = to_event(rules, customer_id, effect, as_of)
@@ -236,7 +240,6 @@ async def apply_customers(
                 timers_to_schedule.append((CHECK_TIMER, timer_key(tenant, customer_id, new_check), new_check,
                                            {"customer_id": customer_id}, tenant))
 
-    await store.insert_facts(conn, tenant, fact_rows)
     await store.append_ledger(conn, tenant, program.version, ledger_rows)
     await store.upsert_customers(conn, tenant, customer_rows)
     await store.insert_history(conn, tenant, history_rows)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +18,6 @@ from loyalty_tiers.domain import (
     Snapshot,
     TierState,
     fact_from_json,
-    fact_kind,
     fact_to_json,
 )
 from loyalty_tiers.program import TiersProgram
@@ -43,12 +42,23 @@ class CustomerRow:
     milestones: tuple[str, ...]
     notice_for: datetime | None
     next_check_at: datetime | None
+    # The customer's document: every fact so far, and the current ledger entries under ``entries_version``.
+    facts: tuple[Fact, ...] = ()
+    entries: dict[str, EntryKey] = field(default_factory=dict)
+    entries_version: int = 0
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.tier, frozenset(Decimal(m) for m in self.milestones), self.notice_for)
 
     @staticmethod
-    def of(customer_id: str, program: TiersProgram, state: TierState, snapshot: Snapshot) -> CustomerRow:
+    def of(
+        customer_id: str,
+        program: TiersProgram,
+        state: TierState,
+        snapshot: Snapshot,
+        facts: Sequence[Fact] = (),
+        entries: dict[str, EntryKey] | None = None,
+    ) -> CustomerRow:
         pending: PendingDowngrade | None = state.pending
         return CustomerRow(
             customer_id=customer_id,
@@ -64,7 +74,31 @@ class CustomerRow:
             milestones=tuple(sorted(str(m) for m in snapshot.milestones)),
             notice_for=snapshot.notice_for,
             next_check_at=state.next_check_at,
+            facts=tuple(facts),
+            entries=entries if entries is not None else {},
+            entries_version=program.version,
         )
+
+    def doc_json(self) -> str:
+        return json.dumps({
+            "version": self.entries_version,
+            "facts": [fact_to_json(f) for f in self.facts],
+            "entries": {k: list(v) for k, v in self.entries.items()},
+        }, separators=(",", ":"))
+
+
+# (revision, points, counts_from, expires_at): the parts of an entry whose change makes a new revision;
+# times in epoch microseconds (exact, offset-independent).
+EntryKey = tuple[int, int, int, int]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def entry_key(revision: int, entry: Entry) -> EntryKey:
+    return (revision, entry.points, micros(entry.counts_from), micros(entry.expires_at))
 
 
 _CUSTOMER_COLUMNS = (
@@ -76,6 +110,10 @@ _CUSTOMER_COLUMNS = (
 def _customer(row: asyncpg.Record) -> CustomerRow:
     values: dict[str, Any] = dict(row.items())
     values["milestones"] = tuple(values["milestones"])
+    doc = json.loads(values.pop("doc"))
+    values["facts"] = tuple(fact_from_json(f) for f in doc["facts"])
+    values["entries"] = {k: tuple(v) for k, v in doc["entries"].items()}
+    values["entries_version"] = doc["version"]
     return CustomerRow(**values)
 
 
@@ -92,7 +130,8 @@ async def lock_customers(conn: asyncpg.Connection, tenant: str, customers: Seque
 
 async def load_customers(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> dict[str, CustomerRow]:
     rows = await conn.fetch(
-        f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE tenant = $1 AND customer_id = ANY($2::text[])",
+        f"SELECT {_CUSTOMER_COLUMNS}, doc::text AS doc FROM customers "
+        "WHERE tenant = $1 AND customer_id = ANY($2::text[])",
         tenant, list(customers),
     )
     return {r["customer_id"]: _customer(r) for r in rows}
@@ -107,17 +146,19 @@ async def upsert_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence
         return
     await conn.execute(
         f"""
-        INSERT INTO customers (tenant, {_CUSTOMER_COLUMNS}, updated_at)
-        SELECT $1, c, v, t, s, r, p, a, pt, pe, pn, m::text[], nf, nc, now() FROM unnest(
+        INSERT INTO customers (tenant, {_CUSTOMER_COLUMNS}, doc, updated_at)
+        SELECT $1, c, v, t, s, r, p, a, pt, pe, pn, m::text[], nf, nc, d::jsonb, now() FROM unnest(
             $2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::text[], $7::int[], $8::timestamptz[],
-            $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], $14::timestamptz[]
-        ) AS u(c, v, t, s, r, p, a, pt, pe, pn, m, nf, nc)
+            $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], $14::timestamptz[],
+            $15::text[]
+        ) AS u(c, v, t, s, r, p, a, pt, pe, pn, m, nf, nc, d)
         ON CONFLICT (tenant, customer_id) DO UPDATE SET
             program_version = EXCLUDED.program_version, tier = EXCLUDED.tier, since = EXCLUDED.since,
             reason = EXCLUDED.reason, points = EXCLUDED.points, as_of = EXCLUDED.as_of,
             pending_to = EXCLUDED.pending_to, pending_effective_at = EXCLUDED.pending_effective_at,
             pending_notice_at = EXCLUDED.pending_notice_at, milestones = EXCLUDED.milestones,
-            notice_for = EXCLUDED.notice_for, next_check_at = EXCLUDED.next_check_at, updated_at = now()
+            notice_for = EXCLUDED.notice_for, next_check_at = EXCLUDED.next_check_at, doc = EXCLUDED.doc,
+            updated_at = now()
         """,
         tenant,
         [r.customer_id for r in rows], [r.program_version for r in rows], [r.tier for r in rows],
@@ -125,38 +166,8 @@ async def upsert_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence
         [r.pending_to for r in rows], [r.pending_effective_at for r in rows], [r.pending_notice_at for r in rows],
         # unnest flattens arrays of arrays, so milestones travel as a '{...}' literal per row.
         ["{" + ",".join(r.milestones) + "}" for r in rows],
-        [r.notice_for for r in rows], [r.next_check_at for r in rows],
+        [r.notice_for for r in rows], [r.next_check_at for r in rows], [r.doc_json() for r in rows],
     )
-
-
-async def load_facts(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> dict[str, list[Fact]]:
-    rows = await conn.fetch(
-        "SELECT customer_id, body::text AS body FROM facts WHERE tenant = $1 AND customer_id = ANY($2::text[])",
-        tenant, list(customers),
-    )
-    out: dict[str, list[Fact]] = {}
-    for r in rows:
-        out.setdefault(r["customer_id"], []).append(fact_from_json(json.loads(r["body"])))
-    return out
-
-
-async def insert_facts(conn: asyncpg.Connection, tenant: str, rows: Sequence[tuple[str, Fact]]) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO facts (tenant, customer_id, event_id, kind, occurred_at, body) "
-        "SELECT $1, c, e, k, t, b::jsonb FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], "
-        "$6::text[]) AS u(c, e, k, t, b) ON CONFLICT DO NOTHING",
-        tenant,
-        [c for c, _ in rows], [f.event_id for _, f in rows], [fact_kind(f) for _, f in rows],
-        [f.occurred_at for _, f in rows], [json.dumps(fact_to_json(f)) for _, f in rows],
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
-    revision: int
-    entry: Entry
 
 
 _ENTRY_COLUMNS = "entry_id, activity, points, counts_from, expires_at, rule, ref"
@@ -164,19 +175,6 @@ _ENTRY_COLUMNS = "entry_id, activity, points, counts_from, expires_at, rule, ref
 
 def _entry(r: asyncpg.Record) -> Entry:
     return Entry(r["entry_id"], r["activity"], r["points"], r["counts_from"], r["expires_at"], r["rule"], r["ref"])
-
-
-async def load_ledger(
-    conn: asyncpg.Connection, tenant: str, customers: Sequence[str], version: int
-) -> dict[tuple[str, str], StoredEntry]:
-    """Latest revision of every entry of these customers under one program version."""
-    rows = await conn.fetch(
-        f"SELECT DISTINCT ON (customer_id, entry_id) customer_id, revision, {_ENTRY_COLUMNS} FROM ledger "
-        "WHERE tenant = $1 AND customer_id = ANY($2::text[]) AND program_version = $3 "
-        "ORDER BY customer_id, entry_id, revision DESC",
-        tenant, list(customers), version,
-    )
-    return {(r["customer_id"], r["entry_id"]): StoredEntry(r["revision"], _entry(r)) for r in rows}
 
 
 async def customer_ledger(
