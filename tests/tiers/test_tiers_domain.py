@@ -370,3 +370,12 @@ def test_tier_reached_between_events_is_kept_under_policy_none() -> None:
              purchase("p2", at(10), "o2", ("a", "tools", 1, 6000))]
     state = evaluate(p, "c1", derive_ledger(p, facts), at(200))
     assert (state.points, p.ladder[state.tier].id, state.since) == (0, "maker", at(10))
+
+
+def test_check_timer_key_is_the_same_for_the_same_instant_in_any_offset() -> None:
+    from zoneinfo import ZoneInfo
+
+    from loyalty_tiers.handlers import timer_key
+
+    berlin = datetime(2027, 1, 1, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert timer_key("t", "c", berlin) == timer_key("t", "c", berlin.astimezone(UTC))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from loyalty_contracts.base import Event
@@ -131,7 +131,8 @@ def to_event(rules: TenantRules, customer_id: str, effect: domain.Effect, as_of:
 def timer_key(tenant: str, customer_id: str, due_at: datetime) -> str:
     # The due time is part of the key: the kit deletes a fired timer's row by id after the handler, so a
     # follow-up check scheduled under the same key from inside the handler would be deleted with it.
-    return f"{tenant}/{due_at.isoformat()}/{customer_id}"
+    # UTC: the same instant read back from Postgres must give the same key (offsets differ otherwise).
+    return f"{tenant}/{due_at.astimezone(UTC).isoformat()}/{customer_id}"
 
 
 # --- the shared path ------------------------------------------------------------------------------------
