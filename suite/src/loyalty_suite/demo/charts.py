@@ -60,8 +60,22 @@ def hbars(items: Sequence[tuple[str, float]], *, width: int = 560, colors: Seque
     return "".join(parts)
 
 
+def _tick_count(span: float) -> int:
+    """4 or 5 grid steps, whichever gives round step values (25 → 5 × 5, 200 → 4 × 50); small counts by 1."""
+    if span == int(span) and 1 <= span <= 5:
+        return int(span)
+    for count in (4, 5):
+        step = span / count
+        if step == int(step) and step > 0:
+            digits = str(int(step)).rstrip("0")
+            if digits in ("1", "2", "5", "25"):
+                return count
+    return 4
+
+
 def _axes(parts: list[str], left: int, top: int, plot_w: int, plot_h: int, y_min: float, y_max: float,
-          ticks: int = 4, unit: str = "") -> None:
+          ticks: int | None = None, unit: str = "") -> None:
+    ticks = ticks or _tick_count(y_max - y_min)
     for k in range(ticks + 1):
         value = y_min + (y_max - y_min) * k / ticks
         y = top + plot_h - plot_h * k / ticks
