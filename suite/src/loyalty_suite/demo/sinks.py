@@ -25,6 +25,8 @@ import asyncio
 import base64
 import contextlib
 import email
+import email.header
+import email.message
 import email.policy
 import json
 import secrets
@@ -133,20 +135,45 @@ def read_sink(directory: Path, sink: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _header_text(value: str | None) -> str:
+    """An RFC 2047 header (e.g. a Russian subject) as text."""
+    if not value:
+        return ""
+    return str(email.header.make_header(email.header.decode_header(value))).strip()
+
+
+def _part_text(part: email.message.Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    return payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+
+
 def parse_email(raw: bytes) -> dict[str, Any]:
-    """The parts of a MIME message a reader cares about."""
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    text_part = message.get_body(preferencelist=("plain",))
-    html_part = message.get_body(preferencelist=("html",))
+    """The parts of a MIME message a reader cares about.
+
+    compat32 parsing with explicit header decoding: the modern policy builds a parsed object per header and made
+    the sink ~5x slower than the notifier sends.
+    """
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    text: str | None = None
+    html: str | None = None
+    for part in message.walk():
+        if part.is_multipart() or part.get_content_disposition() == "attachment":
+            continue
+        if part.get_content_type() == "text/plain" and text is None:
+            text = _part_text(part)
+        elif part.get_content_type() == "text/html" and html is None:
+            html = _part_text(part)
     return {
-        "from": str(message.get("From", "")),
-        "to": str(message.get("To", "")),
-        "subject": str(message.get("Subject", "")),
-        "message_id": str(message.get("Message-ID", "")),
-        "notification_id": str(message.get("X-Loyalty-Notification", "")) or None,
-        "headers": {k: str(v) for k, v in message.items()},
-        "text": text_part.get_content() if text_part is not None else None,  # type: ignore[attr-defined]
-        "html": html_part.get_content() if html_part is not None else None,  # type: ignore[attr-defined]
+        "from": _header_text(message.get("From")),
+        "to": _header_text(message.get("To")),
+        "subject": _header_text(message.get("Subject")),
+        "message_id": str(message.get("Message-ID", "")).strip(),
+        "notification_id": str(message.get("X-Loyalty-Notification", "")).strip() or None,
+        "headers": {k: _header_text(v) for k, v in message.items()},
+        "text": text,
+        "html": html,
     }
 
 
