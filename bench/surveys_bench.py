@@ -36,7 +36,7 @@ from loyalty_kit.batch import BatchProcessor
 from loyalty_kit.db import create_pool
 from loyalty_kit.settings import ServiceSettings
 from loyalty_kit.testing import fresh_database, publish_raw
-from loyalty_kit.topics import ensure_topics
+from loyalty_kit.topics import delete_topics_with_prefix, ensure_topics
 from loyalty_surveys import store
 from loyalty_surveys.app import MIGRATIONS_DIR, build_app
 
@@ -177,8 +177,11 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"preparing {n} SurveyAnswered records on {input_topic} ...", file=sys.stderr)
         await ensure_topics(bootstrap, [input_topic], prefix=prefix)
         await publish_raw(bootstrap, answer_records(n, prefix))
-        limit = await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch, input_topic=input_topic)
-        surveys = await run_surveys_pipeline(bootstrap, dsn, n, batch=args.batch, prefix=prefix)
+        try:
+            limit = await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch, input_topic=input_topic)
+            surveys = await run_surveys_pipeline(bootstrap, dsn, n, batch=args.batch, prefix=prefix)
+        finally:
+            await delete_topics_with_prefix(bootstrap, prefix)
     print(f"{'pipeline':<8} {'events':>8} {'batch':>6} {'seconds':>8} {'events/s':>10}")
     for r in (limit, surveys):
         print(f"{r.name:<8} {r.events:>8} {r.batch:>6} {r.seconds:>8.2f} {r.per_second:>10.0f}")

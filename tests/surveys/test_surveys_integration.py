@@ -28,7 +28,7 @@ from loyalty_kit.testing import (
     running,
     wait_until,
 )
-from loyalty_kit.topics import ensure_topics
+from loyalty_kit.topics import delete_topics_with_prefix, ensure_topics
 from loyalty_surveys import domain
 from loyalty_surveys.app import build_app
 
@@ -123,7 +123,11 @@ async def surveys_app(
         app, _ = build_app(settings, environ=SECRET_ENV)
         prefix = settings.topic_prefix
         await ensure_topics(kafka_bootstrap, [prefix + t for t in topics_produced_by("surveys")], prefix=prefix)
-        yield app, prefix, dsn
+        try:
+            yield app, prefix, dsn
+        finally:
+            # A shared broker runs out of memory if every test run leaves its ~30 topics behind.
+            await delete_topics_with_prefix(kafka_bootstrap, prefix)
     conn = await asyncpg.connect(pg_admin_dsn)
     try:
         await conn.execute(f'DROP ROLE IF EXISTS "{name}"')
