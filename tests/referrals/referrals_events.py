@@ -61,7 +61,13 @@ def invited(referrer: str, invitee: str, at: datetime, invitation_id: str) -> En
 
 
 def purchased(
-    customer_id: str, order_id: str, at: datetime, amount_minor: int = 5000, *, code: str | None = None
+    customer_id: str,
+    order_id: str,
+    at: datetime,
+    amount_minor: int = 5000,
+    *,
+    code: str | None = None,
+    address: str | None = None,
 ) -> Envelope:
     price = Money(amount_minor=amount_minor, currency="EUR")
     return env(
@@ -74,6 +80,7 @@ def purchased(
             lines=[PurchaseLine(line_id="1", sku="DRILL", category="tools", quantity=1, unit_price=price)],
             total=price,
             referral_code=code,
+            shipping_address_hash=hashlib.sha256(f"addr:{address}".encode()).hexdigest() if address else None,
         )
     )
 

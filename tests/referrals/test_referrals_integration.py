@@ -229,3 +229,75 @@ async def test_api_refuses_bad_requests_with_reasons(app: ServiceApp) -> None:
         spec = (await http.get("/openapi.json")).json()
         assert spec["paths"]["/v1/tenants/{tenant}/funnel"]["get"]["responses"]["200"]
         assert "/v1/tenants/{tenant}/says-vs-does" in spec["paths"]
+
+
+async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceApp, kafka_bootstrap: str) -> None:
+    """Same shipping address as the referrer is a reviewable signal in the example program: staff approve it."""
+    prefix = app.settings.topic_prefix
+    outputs = [prefix + t for t in topics_produced_by("referrals")]
+    async with running(app), TopicReader(kafka_bootstrap, *outputs) as reader, http_client(app) as http:
+        out = Output(reader)
+        await publish(
+            kafka_bootstrap,
+            [registered("erin", day(0)), purchased("erin", "o-erin", day(0.5), address="same-flat")],
+            topic_prefix=prefix,
+        )
+        await out.wait("ReferralCodeIssued", 1)
+        await publish(
+            kafka_bootstrap,
+            [registered("finn", day(1), code=code("erin")), purchased("finn", "o-finn", day(2), address="same-flat")],
+            topic_prefix=prefix,
+        )
+        await out.wait("ReferralCodeIssued", 2)
+
+        async def queue() -> list[dict[str, Any]]:
+            return (await http.get("/v1/tenants/acme-diy/reviews", headers=AUTH)).json()
+
+        from loyalty_kit.testing import wait_until
+
+        await wait_until(lambda: _nonempty(queue), within_s=30)
+        held = await queue()
+        assert [(r["referee_id"], r["status"], r["reason"]) for r in held] == [
+            ("finn", "in_review", "same_shipping_address")
+        ]
+        assert out.of("ReferralConverted") == []  # nothing happens until staff decide
+        approved = await http.post(
+            f"/v1/tenants/acme-diy/reviews/{held[0]['referral_id']}",
+            headers=AUTH,
+            json={"decision": "approve", "staff": "staff-7"},
+        )
+        assert approved.status_code == 200 and approved.json()["status"] == "held"
+        converted = await out.wait("ReferralConverted", 1)
+        assert (converted[0].referrer_id, converted[0].referee_id) == ("erin", "finn")
+        again = await http.post(
+            f"/v1/tenants/acme-diy/reviews/{held[0]['referral_id']}",
+            headers=AUTH,
+            json={"decision": "reject", "staff": "staff-7"},
+        )
+        assert again.status_code == 409 and "not in review" in again.json()["detail"]
+
+        # Vanity codes: unique per tenant, announced, and usable by friends.
+        mine = await http.put(
+            "/v1/tenants/acme-diy/customers/erin/vanity-code", headers=AUTH, json={"code": "erin-builds"}
+        )
+        assert mine.status_code == 200 and mine.json()["vanity_code"] == "ERINBUILDS"
+        taken = await http.put(
+            "/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "ERIN BUILDS"}
+        )
+        assert taken.status_code == 409 and "already taken" in taken.json()["detail"]
+        short = await http.put("/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "x"})
+        assert short.status_code == 400 and "4 to 20" in short.json()["detail"]
+        vanity_issued = await out.wait("ReferralCodeIssued", 3)
+        assert [e.code for e in vanity_issued if e.vanity] == ["ERINBUILDS"]
+        await publish(
+            kafka_bootstrap,
+            [registered("gus", day(3), code="erin-builds"), purchased("gus", "o-gus", day(4))],
+            topic_prefix=prefix,
+        )
+        converted = await out.wait("ReferralConverted", 2)
+        assert ("erin", "gus") in {(c.referrer_id, c.referee_id) for c in converted}
+        assert await list_dead_letters(kafka_bootstrap, app.name, topic_prefix=prefix) == []
+
+
+async def _nonempty(fetch: Any) -> bool:
+    return bool(await fetch())

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, status
+from loyalty_contracts.events.referrals import ReferralCodeIssued
 from loyalty_kit import ServiceApp, outbox
 from loyalty_kit.auth import TenantAuth
 from loyalty_kit.effects import EffectContext
@@ -105,6 +106,10 @@ class SaysVsDoesOut(BaseModel):
     gap: float = Field(description="says minus does")
 
 
+class VanityCodeIn(BaseModel):
+    code: str = Field(min_length=1, max_length=40, description="4-20 letters or digits; hyphens and spaces ignored")
+
+
 class ReviewDecision(BaseModel):
     decision: Literal["approve", "reject"]
     staff: str = Field(min_length=1, max_length=100, description="Who decided (staff id, not a customer).")
@@ -195,6 +200,73 @@ def build_router(app: ServiceApp, runtime: Runtime, auth: TenantAuth) -> APIRout
             share_link=domain.share_link(template, generated),
             vanity_code=vanity,
             vanity_link=domain.share_link(template, vanity) if vanity else None,
+        )
+
+    @router.put(
+        "/customers/{customer_id}/vanity-code",
+        response_model=CodeOut,
+        summary="Assign (or replace) a customer's vanity code; unique per tenant",
+    )
+    async def set_vanity_code(
+        tenant: Tenant, customer_id: CustomerId, body: Annotated[VanityCodeIn, Body()]
+    ) -> CodeOut:
+        program = program_of(tenant)
+        if not program.codes.vanity_codes:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail="vanity codes are disabled in this tenant's program")
+        try:
+            vanity = domain.validate_vanity_code(body.code)
+        except domain.InvalidCode as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=exc.reason) from None
+        async with pool().acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT code, vanity FROM codes WHERE tenant = $1 AND customer_id = $2 FOR UPDATE", tenant, customer_id
+            )
+            generated = next((r["code"] for r in rows if not r["vanity"]), None)
+            if generated is None:
+                raise HTTPException(
+                    status.HTTP_404_NOT_FOUND, detail=f"customer {customer_id!r} has no referral code (not registered)"
+                )
+            owner = await conn.fetchval("SELECT customer_id FROM codes WHERE tenant = $1 AND code = $2", tenant, vanity)
+            if owner is not None and owner != customer_id:
+                raise HTTPException(status.HTTP_409_CONFLICT, detail=f"code {vanity!r} is already taken in this tenant")
+            if owner is None:
+                await conn.execute(
+                    "DELETE FROM codes WHERE tenant = $1 AND customer_id = $2 AND vanity", tenant, customer_id
+                )
+                await conn.execute(
+                    "INSERT INTO codes (tenant, code, customer_id, vanity, created_at) "
+                    "VALUES ($1, $2, $3, true, now())",
+                    tenant,
+                    vanity,
+                    customer_id,
+                )
+                ctx = EffectContext(
+                    conn,
+                    service=app.name,
+                    source=f"/loyalty/{app.name}",
+                    clock=app.settings.timer_clock,
+                    topic_prefix=app.settings.topic_prefix,
+                )
+                ctx.emit(
+                    ReferralCodeIssued(
+                        customer_id=customer_id,
+                        occurred_at=await ctx.now_for(tenant),
+                        code=vanity,
+                        share_link=domain.share_link(program.codes.link_template, vanity),
+                        vanity=True,
+                    ),
+                    tenant=tenant,
+                )
+                await outbox.insert(conn, ctx.outbox, app.name)
+        if app.relay is not None:
+            app.relay.wake()
+        template = program.codes.link_template
+        return CodeOut(
+            customer_id=customer_id,
+            code=generated,
+            share_link=domain.share_link(template, generated),
+            vanity_code=vanity,
+            vanity_link=domain.share_link(template, vanity),
         )
 
     @router.get(
