@@ -80,7 +80,7 @@ class LocalStack:
     """The embedded stack in ``root``: ``state.json`` names the child pids and endpoints; ``dev.env`` exports them."""
 
     def __init__(self, root: Path | None = None, cache_dir: Path | None = None, *, tied_to_parent: bool = False,
-                 fast_postgres: bool = False, kafka_heap_mb: int = 512) -> None:
+                 fast_postgres: bool = False, kafka_heap_mb: int = 1024) -> None:
         self.root = (root or default_stack_dir()).resolve()
         self.cache_dir = (cache_dir or default_cache_dir()).resolve()
         self.tied_to_parent = tied_to_parent
