@@ -16,7 +16,9 @@ wanted="helm=$HELM_VERSION kube=1.$KUBE_MINOR"
 if [[ -x "$bin_dir/helm" && -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
     echo "helm $HELM_VERSION already at $bin_dir/helm"
 else
-    command -v go >/dev/null || { echo "tools.sh: go is required to build helm (apt-get install golang-go)" >&2; exit 1; }
+    # Go may be installed outside PATH (e.g. /usr/local/go); Debian's golang-go is too old for helm 3.20.
+    command -v go >/dev/null || { [[ -x /usr/local/go/bin/go ]] && export PATH="/usr/local/go/bin:$PATH"; } || true
+    command -v go >/dev/null || { echo "tools.sh: go is required to build helm (Go >= 1.24, e.g. from go.dev or the Go module proxy toolchain)" >&2; exit 1; }
     echo "building helm $HELM_VERSION from the Go module proxy into $bin_dir (a few minutes on 2 cores)"
     # Same ldflags as helm's Makefile: the real version tag, and the Kubernetes version helm assumes for
     # lint/template (go install alone leaves it at 1.20, which fails the chart's kubeVersion constraint).
