@@ -445,3 +445,38 @@ def test_message_for_locale() -> None:
     assert d.message_for_locale(messages, "ru-RU", "en") == "Доставка быстрее"
     assert d.message_for_locale(messages, "de", "en") == "Delivery is faster"
     assert d.message_for_locale({"ru": "Только русский"}, "de", "en") == "Только русский"
+
+
+answers = st.builds(
+    answer,
+    kind=st.sampled_from(["nps", "csat", "question"]),
+    score=st.integers(0, 10),
+    comment=st.one_of(
+        st.none(), st.just(""), st.text(max_size=60), st.sampled_from(["courier late", "грубый персонал"])
+    ),
+    answered_at=st.datetimes(datetime(2026, 1, 1), datetime(2027, 12, 31), timezones=st.just(UTC)),
+    is_follow_up=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(answers)
+def test_every_valid_answer_leads_to_consistent_actions(a: d.Answer) -> None:
+    low, high = (0, 10) if a.kind == "nps" else (1, 5)
+    if a.score is None or not low <= a.score <= high:
+        with pytest.raises(d.InvalidAnswer):
+            d.evaluate_answer(a, PROGRAM, CALENDAR)
+        return
+    outcome = d.evaluate_answer(a, PROGRAM, CALENDAR)
+    # a case exactly for detractors, a follow-up only for silent passives / 4s, never both
+    assert (outcome.case is not None) == (outcome.sentiment == "detractor")
+    if outcome.follow_up_due_at is not None:
+        assert outcome.sentiment != "detractor" and outcome.comment is None and not a.is_follow_up
+        assert outcome.follow_up_due_at == a.answered_at + PROGRAM.follow_up.delay
+    if outcome.case is not None:
+        # the deadline lies at least the response time of wall clock later, in open hours
+        assert outcome.case.deadline_at - a.answered_at >= PROGRAM.cases.response_deadline
+        assert CALENDAR.is_open(outcome.case.deadline_at - timedelta(microseconds=1))
+        assert outcome.case.queue in {q.name for q in PROGRAM.cases.queues} | {PROGRAM.cases.default_queue}
+    assert set(outcome.themes) <= {t.theme for t in PROGRAM.themes}
+    assert outcome.account_facts[0] == "survey_answered" and len(outcome.account_facts) == 2
