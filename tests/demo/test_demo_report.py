@@ -125,3 +125,26 @@ async def test_report_says_which_service_left_no_data(kafka_bootstrap: str, demo
         assert f"No data from {service}" in by_key[key].html
     assert by_key["health"].has_data
     assert "silent: referrals, tiers, surveys, notifier" in by_key["health"].summary[0]
+
+
+def test_a_breach_that_raced_an_on_time_answer_is_explained() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from loyalty_contracts.events.surveys import CaseDeadlineBreached, DetractorCaseOpened, LoopClosed
+    from loyalty_suite.demo.report import Rec, RunData
+
+    opened_at = datetime(2026, 7, 1, 10, tzinfo=UTC)
+    deadline = opened_at + timedelta(hours=8)
+    events = [
+        DetractorCaseOpened(customer_id="c-1", occurred_at=opened_at, case_id="k1", feedback_id="f1", score=2,
+                            deadline_at=deadline),
+        LoopClosed(customer_id="c-1", occurred_at=opened_at + timedelta(hours=3), case_id="k1", reply="Sorry",
+                   resolved_by="anja", seconds_to_resolve=3 * 3600),
+        CaseDeadlineBreached(customer_id="c-1", occurred_at=deadline, case_id="k1", deadline_at=deadline),
+    ]
+    data = RunData(tenant="acme-diy", records=[
+        Rec("t", 0, i, 1_000 * i, Envelope.new(e, tenant="acme-diy", source="surveys")) for i, e in enumerate(events)
+    ])
+    cases = build_report(data).section("cases")
+    assert "100.0 % answered in time, 1 breaches (1 raced an on-time answer)" in cases.summary[0]
+    assert "1 breach(es) concern cases answered before their deadline" in cases.html

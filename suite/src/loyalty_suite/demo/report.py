@@ -481,13 +481,14 @@ def cases_section(data: RunData) -> Section:
                        _no_data("surveys", "no detractor cases opened"), ["cases: none"], has_data=False)
     closed = {r.env.data.case_id: r for r in data.of("LoopClosed")}
     breached = {r.env.data.case_id for r in data.of("CaseDeadlineBreached")}
-    on_time = late = still_open = 0
+    on_time = late = still_open = raced = 0
     for r in opened:
         loop = closed.get(r.env.data.case_id)
         if loop is None:
             still_open += 1
         elif loop.env.data.occurred_at <= r.env.data.deadline_at:
             on_time += 1
+            raced += r.env.data.case_id in breached
         else:
             late += 1
     hours = [r.env.data.seconds_to_resolve / 3600 for r in closed.values()]
@@ -502,9 +503,13 @@ def cases_section(data: RunData) -> Section:
         f"{charts.hbars([('answered before the deadline', on_time), ('answered after it', late), ('open', still_open)], colors=('#16a34a', '#f59e0b', '#dc2626'), label_width=200, width=540)}"  # noqa: E501
         f"</div><div><h3>Time to resolve (event time)</h3>{charts.columns(hist)}</div></div>"
     )
+    if raced:
+        html += (f'<p class="caption">{raced} breach(es) concern cases answered before their deadline in event time: '
+                 "the service's event-time clock passed the deadline before the answer reached it, because the "
+                 "simulation ran faster than the service processed (a lower rate narrows this).</p>")
     return Section("cases", "Detractor cases and deadline compliance", html,
-                   [f"cases: {len(opened)} opened, {compliance} answered in time, {len(breached)} breaches, "
-                    f"{still_open} open"])
+                   [f"cases: {len(opened)} opened, {compliance} answered in time, {len(breached)} breaches"
+                    + (f" ({raced} raced an on-time answer)" if raced else "") + f", {still_open} open"])
 
 
 def themes_section(data: RunData) -> Section:
