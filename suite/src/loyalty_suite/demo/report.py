@@ -769,15 +769,18 @@ def build_report(data: RunData) -> Report:
 
 
 def _samples(data: RunData, per_sink: int = 4) -> list[dict[str, Any]]:
+    """A few captured messages per sink, one per template where the notification id tells the template."""
+    template_of = {r.env.data.notification_id: r.env.data.template for r in data.of("NotificationDelivered")}
     picked: list[dict[str, Any]] = []
     for sink in SINKS:
         seen: set[str] = set()
         for m in data.sinks.get(sink, []):
-            key = str(m.get("subject") or m.get("type") or m.get("text", "")[:40])
+            key = str(template_of.get(m.get("notification_id") or "") or m.get("type")
+                      or m.get("subject") or m.get("text", "")[:40])
             if key in seen:
                 continue
             seen.add(key)
-            picked.append(m)
+            picked.append({**m, "template": template_of.get(m.get("notification_id") or "")})
             if len(seen) >= per_sink:
                 break
     return picked
@@ -841,11 +844,20 @@ def write_samples(samples: Sequence[dict[str, Any]], out_dir: Path) -> list[tupl
         sink = m.get("sink", "message")
         if sink == "email":
             name = f"{i:02d}-email.html"
-            body = m.get("html") or f"<pre>{escape(m.get('text') or '')}</pre>"
+            # The rendered HTML goes in an iframe so its own styles cannot leak into (or pick up) the wrapper's.
+            body = (f'<iframe srcdoc="{escape(m["html"], quote=True)}" title="HTML part" '
+                    'style="width:100%;height:520px;border:0"></iframe>' if m.get("html")
+                    else f"<pre style=\"white-space:pre-wrap\">{escape(m.get('text') or '')}</pre>")
             page = (f'<!doctype html><meta charset="utf-8"><title>{escape(m.get("subject", ""))}</title>'
-                    f'<div style="font:13px system-ui;color:#555;border-bottom:1px solid #ddd;padding:8px">'
-                    f"To: {escape(m.get('to', ''))}<br>Subject: <b>{escape(m.get('subject', ''))}</b></div>{body}"
-                    f'<hr><pre style="white-space:pre-wrap">{escape(m.get("text") or "")}</pre>')
+                    '<body style="margin:0;background:#f3f4f6;font:14px system-ui,sans-serif">'
+                    '<div style="max-width:720px;margin:24px auto;background:#fff;border-radius:10px;'
+                    'box-shadow:0 1px 3px rgba(0,0,0,.1)">'
+                    '<div style="color:#555;border-bottom:1px solid #e5e7eb;padding:12px 18px">'
+                    f"To: {escape(m.get('to', ''))}<br>Subject: <b>{escape(m.get('subject', ''))}</b>"
+                    + (f"<br>Template: {escape(m['template'])}" if m.get("template") else "")
+                    + f'</div><div style="padding:12px 18px">{body}</div>'
+                    '<details style="padding:0 18px 14px"><summary>Plain-text part</summary>'
+                    f'<pre style="white-space:pre-wrap">{escape(m.get("text") or "")}</pre></details></div></body>')
             (folder / name).write_text(page, encoding="utf-8")
             label = f"e-mail to {m.get('to', '?')}: {m.get('subject', '')}"
         elif sink == "webhook":
@@ -857,6 +869,8 @@ def write_samples(samples: Sequence[dict[str, Any]], out_dir: Path) -> list[tupl
             (folder / name).write_text(str(m.get("text", "")), encoding="utf-8")
             who = m.get("to") or m.get("chat_id") or "?"
             label = f"{sink} to {who}: {str(m.get('text', ''))[:60]}"
+        if m.get("template"):
+            label += f" [{m['template']}]"
         links.append((label, f"messages/{name}"))
     return links
 
