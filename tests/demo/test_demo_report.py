@@ -15,7 +15,7 @@ from demo_results import synthetic_results
 from loyalty_contracts.envelope import Envelope, encode
 from loyalty_notifier.signing import signature_header
 from loyalty_suite.demo.report import build_report, collect, latency_hops, write_report
-from loyalty_suite.demo.retailer import RetailerConfig, build_plan
+from loyalty_suite.demo.retailer import RetailerConfig, build_plan, expected_facts
 from loyalty_suite.demo.sinks import Sinks
 
 PROGRAMS = Path(__file__).resolve().parents[2] / "programs"
@@ -108,6 +108,12 @@ async def test_report_renders_every_section_from_kafka_and_sinks(
     assert links and all((path.parent / link).exists() for link in links)
     summary = "\n".join(line for s in report.sections for line in s.summary)
     assert "cases:" in summary and "referrals:" in summary
+    # the published counts are checked against Kafka: all there, or the gap is named
+    data.published = expected_facts(plan.envelopes).counts
+    assert "Every published event is on Kafka, once." in build_report(data).section("health").html
+    data.published = {**data.published, "PurchaseMade": data.published["PurchaseMade"] + 2}
+    health = build_report(data).section("health")
+    assert "2 published event(s) missing" in health.html and "MISSING 2" in health.summary[0]
 
 
 async def test_report_says_which_service_left_no_data(kafka_bootstrap: str, demo_prefix: str, unique_suffix: str,

@@ -18,7 +18,7 @@ import json
 import math
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html import escape
@@ -76,6 +76,7 @@ class RunData:
     dead_letter_examples: dict[str, str] = field(default_factory=dict)  # reason -> one error text
     sinks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     tier_order: list[str] = field(default_factory=list)
+    published: dict[str, int] = field(default_factory=dict)  # what the retailer (+ simulator) says it sent
 
     def of(self, *names: str) -> list[Rec]:
         wanted = set(names)
@@ -730,8 +731,19 @@ def health_section(data: RunData) -> Section:
                   [(k, data.dead_letter_examples.get(k, ""), n) for k, n in data.dead_letter_reasons.most_common()],
                   numeric_from=2) if data.dead_letter_reasons else "<p>No dead letters.</p>"
     silent_html = "".join(_no_data(s, "it published no result events") for s in silent)
+    if data.published:
+        names = sorted(set(data.published) | {n for n, _ in inputs})
+        rows = [(n, data.published.get(n, 0), counts.get(n, 0)) for n in names]
+        missing = sum(max(0, sent - found) for _, sent, found in rows)
+        extra = sum(max(0, found - sent) for _, sent, found in rows)
+        verdict = ("<p>Every published event is on Kafka, once.</p>" if not missing and not extra else
+                   f'<p class="nodata">{missing} published event(s) missing and {extra} unexpected on Kafka.</p>')
+        retailer_html = verdict + _table(("event", "published", "on Kafka"), rows)
+    else:
+        missing = extra = 0
+        retailer_html = _table(("event", "count"), inputs)
     html = (
-        f'<div class="grid2"><div><h3>Retailer events</h3>{_table(("event", "count"), inputs)}</div>'
+        f'<div class="grid2"><div><h3>Retailer events</h3>{retailer_html}</div>'
         f'<div><h3>Results</h3>{_table(("event (producer)", "count"), [(f"{n} ({_producer_name(n)})", c) for n, c in results]) if results else "<p>none</p>"}'  # noqa: E501
         f"{silent_html}</div></div><h3>Dead letters</h3>{dead}"
     )
@@ -740,6 +752,7 @@ def health_section(data: RunData) -> Section:
         f"kafka: {sum(c for _, c in inputs)} retailer events, {sum(c for _, c in results)} results, "
         f"{sum(data.dead_letters.values())} dead letters, {undecodable} undecodable"
         + (f"; silent: {', '.join(silent)}" if silent else "")
+        + (f"; MISSING {missing}, UNEXPECTED {extra} of the published events" if missing or extra else "")
     ])
 
 
@@ -896,9 +909,13 @@ def terminal_summary(report: Report, path: Path | None = None) -> str:
 
 async def make_report(bootstrap: str, run_dir: Path, *, tenant: str = "acme-diy", since_ms: int | None = None,
                       programs_dir: Path | None = None, title: str | None = None,
-                      topic_prefix: str = "") -> tuple[Path, str]:
-    """Collect, render into run_dir, and return (report path, terminal summary)."""
+                      topic_prefix: str = "", published: Mapping[str, int] | None = None) -> tuple[Path, str]:
+    """Collect, render into run_dir, and return (report path, terminal summary).
+
+    `published`: events sent per name (e.g. `run_stream(...).expected.counts`), checked against what is on Kafka.
+    """
     data = await collect(bootstrap, tenant=tenant, run_dir=run_dir, since_ms=since_ms, programs_dir=programs_dir,
                          topic_prefix=topic_prefix)
+    data.published = dict(published or {})
     path, report = write_report(data, Path(run_dir), title=title)
     return path, terminal_summary(report, path)
