@@ -122,7 +122,7 @@ async def run_main_job(opts: RunOptions, console: Console | None = None) -> Path
             console.print(f"published {result.stats.published} events in {result.stats.seconds:.1f}s "
                           f"({result.stats.rate:.0f}/s); simulator answered {sum(result.simulated.values())}")
             path, summary = await make_report(endpoints.kafka_bootstrap, run_dir, since_ms=since_ms,
-                                              programs_dir=programs)
+                                              programs_dir=programs, published=result.expected.counts)
             console.print(summary)
             if opts.keep_running and not stop.is_set():
                 console.print("services keep running; Ctrl-C stops everything")
