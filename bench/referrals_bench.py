@@ -47,6 +47,7 @@ from loyalty_contracts.events.retail import (
     PurchaseMade,
     PurchaseRefunded,
 )
+from loyalty_kit.batch import BatchProcessor
 from loyalty_kit.settings import ServiceSettings
 from loyalty_kit.testing import fresh_database, publish_raw
 from loyalty_kit.topics import ensure_topics
@@ -181,19 +182,20 @@ async def run_referrals_pipeline(
     app = build(settings, environ={"ACME_DIY_REFERRAL_SECRET": SECRET})
     started: list[float] = []
     consumed = [0]
-    await app.start()
-    assert app.processor is not None and app.pool is not None
-    original = app.processor.process
+    original = BatchProcessor.process
 
-    async def timed(batch_records: Any) -> Any:
+    async def timed(self: BatchProcessor, batch_records: Any) -> Any:
         if not started:
             started.append(time.perf_counter())
-        outcome = await original(batch_records)
+        outcome = await original(self, batch_records)
         consumed[0] += len(batch_records)
         return outcome
 
-    app.processor.process = timed  # type: ignore[method-assign]
+    # Patched before start so the very first batch is counted (the consumer starts inside app.start()).
+    BatchProcessor.process = timed  # type: ignore[method-assign]
     try:
+        await app.start()
+        assert app.pool is not None
         while True:
             if consumed[0] >= len(records) and await app.pool.fetchval("SELECT count(*) FROM outbox") == 0:
                 break
@@ -214,6 +216,7 @@ async def run_referrals_pipeline(
         }
         return PipelineResult("referrals", len(records), ended - started[0], batch), stats
     finally:
+        BatchProcessor.process = original  # type: ignore[method-assign]
         await app.stop()
 
 
