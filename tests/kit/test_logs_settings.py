@@ -34,7 +34,7 @@ def test_settings_read_the_loyalty_prefix(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LOYALTY_TIMER_CLOCK", "event")
     s = ServiceSettings()  # type: ignore[call-arg]
     assert (s.service, s.kafka_bootstrap, s.batch_max_records, s.timer_clock) == ("tiers", "broker:9092", 250, "event")
-    assert s.group_id == "tiers"
+    assert s.group_id == "loyalty-tiers" and s.http_port == 8080  # what the chart and compose use
     monkeypatch.setenv("LOYALTY_TIMER_CLOCK", "sundial")
     with pytest.raises(ValueError, match="timer_clock"):
         ServiceSettings()  # type: ignore[call-arg]

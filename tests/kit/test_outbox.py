@@ -57,7 +57,7 @@ async def test_relay_publishes_rows_committed_out_of_id_order_and_survives_resta
     kafka_bootstrap: str, outbox_pool: asyncpg.Pool, service_name: str, suffix: str
 ) -> None:
     topic = f"t{suffix}.kit.outbox-test"
-    await ensure_topics(kafka_bootstrap, [topic])
+    await ensure_topics(kafka_bootstrap, [topic], partitions=2)
     async with TopicReader(kafka_bootstrap, topic) as out:
         async with relay_running(outbox_pool, service_name, kafka_bootstrap):
             early = await outbox_pool.acquire()
@@ -97,7 +97,7 @@ async def test_only_one_relay_leads_per_schema(
     kafka_bootstrap: str, outbox_pool: asyncpg.Pool, service_name: str, suffix: str
 ) -> None:
     topic = f"t{suffix}.kit.outbox-leader"
-    await ensure_topics(kafka_bootstrap, [topic])
+    await ensure_topics(kafka_bootstrap, [topic], partitions=2)
     async with TopicReader(kafka_bootstrap, topic) as out:
         async with (
             relay_running(outbox_pool, service_name, kafka_bootstrap) as one,

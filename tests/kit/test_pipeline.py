@@ -48,7 +48,7 @@ async def test_batches_apply_once_and_redelivery_changes_nothing(
     app = build(settings)
     prefix = settings.topic_prefix
     events = purchases([f"c{i}" for i in range(5)], 4)
-    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix, partitions=2)
     async with running(app), TopicReader(kafka_bootstrap, prefix + topic_for(MILESTONE)) as out:
         await publish(kafka_bootstrap, events, topic_prefix=prefix)
         await out.wait_for(20)
@@ -72,7 +72,7 @@ async def test_crash_between_db_commit_and_offset_commit_causes_no_double_effect
     settings = isolated_settings(service_name, kafka_bootstrap, kit_db, suffix, pg_admin_dsn=kit_db)
     prefix = settings.topic_prefix
     events = purchases(["a", "b", "c"], 5)
-    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix, partitions=2)
     first = build(settings)
 
     async def crash_before_offset_commit(consumer: Any, records: Any) -> None:
@@ -103,7 +103,7 @@ async def test_poison_and_undecodable_records_go_to_dead_letters_and_replay_work
     poison = purchases(["p"], 1, order_prefix="POISON")
     after = purchases(["p", "q"], 2, order_prefix="after")
     garbage_headers = [(k, v) for k, v in encode(before[0]).headers if k != "ce_id"] + [("ce_id", b"garbage-1")]
-    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix, partitions=2)
     app = build(settings)
     async with running(app), TopicReader(kafka_bootstrap, app.dlq_topic) as dlq:
         await publish(kafka_bootstrap, before + poison, topic_prefix=prefix)
@@ -148,7 +148,7 @@ async def test_consume_produce_hop_keeps_the_trace(
     incoming = Envelope.new(
         incoming.data, tenant=TENANT, source="/test/retailer", traceparent=f"00-{trace_id}-{parent_span_id}-01"
     )
-    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix, partitions=2)
     app = build(settings, tracer_provider=provider)
     async with running(app), TopicReader(kafka_bootstrap, prefix + topic_for(MILESTONE)) as out:
         await publish(kafka_bootstrap, [incoming], topic_prefix=prefix)
@@ -172,7 +172,7 @@ async def test_transient_database_errors_are_retried_not_dead_lettered(
 ) -> None:
     settings = isolated_settings(service_name, kafka_bootstrap, kit_db, suffix, pg_admin_dsn=kit_db)
     prefix = settings.topic_prefix
-    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix)
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix, partitions=2)
     app = build(settings)
     app.state["connection_drops"] = 3  # type: ignore[attr-defined]
     async with running(app), TopicReader(kafka_bootstrap, prefix + topic_for(MILESTONE)) as out:

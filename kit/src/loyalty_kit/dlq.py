@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -141,8 +141,12 @@ class DeadLetter:
         }
 
 
-async def _read_all(bootstrap: str, topic: str, limit: int | None) -> list[DeadLetter]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+async def _read_all(
+    bootstrap: str, topic: str, limit: int | None, kafka_options: Mapping[str, Any] | None = None
+) -> list[DeadLetter]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **dict(kafka_options or {})
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -181,16 +185,29 @@ async def _read_all(bootstrap: str, topic: str, limit: int | None) -> list[DeadL
 
 
 async def list_dead_letters(
-    bootstrap: str, service: str, limit: int | None = 100, *, topic_prefix: str = ""
+    bootstrap: str,
+    service: str,
+    limit: int | None = 100,
+    *,
+    topic_prefix: str = "",
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> list[DeadLetter]:
-    """The most recent ``limit`` dead letters of a service per partition order (None: all)."""
-    return await _read_all(bootstrap, dlq_topic_name(service, topic_prefix), limit)
+    """The most recent ``limit`` dead letters of a service per partition order (None: all).
+
+    ``kafka_options``: connection security, ``settings.kafka_options()`` (the same for get and replay).
+    """
+    return await _read_all(bootstrap, dlq_topic_name(service, topic_prefix), limit, kafka_options)
 
 
 async def get_dead_letter(
-    bootstrap: str, service: str, dead_letter_id: str, *, topic_prefix: str = ""
+    bootstrap: str,
+    service: str,
+    dead_letter_id: str,
+    *,
+    topic_prefix: str = "",
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> DeadLetter | None:
-    for dl in await _read_all(bootstrap, dlq_topic_name(service, topic_prefix), None):
+    for dl in await _read_all(bootstrap, dlq_topic_name(service, topic_prefix), None, kafka_options):
         if dl.id == dead_letter_id:
             return dl
     return None
@@ -202,12 +219,13 @@ async def replay_dead_letters(
     ids: Iterable[str] | Literal["all"],
     *,
     topic_prefix: str = "",
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> list[DeadLetter]:
     """Republish dead letters to their original topics with their original key, value and headers.
 
     Returns the dead letters replayed. Unknown ids raise ``KeyError`` before anything is sent.
     """
-    letters = await _read_all(bootstrap, dlq_topic_name(service, topic_prefix), None)
+    letters = await _read_all(bootstrap, dlq_topic_name(service, topic_prefix), None, kafka_options)
     if ids == "all":
         chosen = letters
     else:
@@ -220,7 +238,7 @@ async def replay_dead_letters(
     unroutable = [dl.id for dl in chosen if not dl.original_topic]
     if unroutable:
         raise KeyError(f"dead letters {unroutable} have no dlq_topic header; cannot replay")
-    producer = make_producer(bootstrap)
+    producer = make_producer(bootstrap, **dict(kafka_options or {}))
     await producer.start()
     try:
         futures = [

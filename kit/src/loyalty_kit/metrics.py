@@ -1,13 +1,25 @@
-"""Prometheus metrics of one ServiceApp, in its own registry (several apps can live in one process)."""
+"""Prometheus metrics of one ServiceApp, in its own registry (several apps can live in one process).
+
+Services add their own series with ``counter`` / ``gauge`` / ``histogram`` (also on ``ServiceApp``); they
+are served by the app's ``/metrics`` next to the kit's. Asking again for the same name returns the same
+metric (handy for module-level helpers), a different kind or label set under that name is an error.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 
 class KitMetrics:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._own: dict[str, MetricWrapperBase] = {}  # service-registered metrics by name
         r = self.registry
         self.consumer_lag = Gauge(
             "loyalty_consumer_lag", "Records behind the partition end", ["topic", "partition"], registry=r
@@ -32,6 +44,34 @@ class KitMetrics:
         self.timers_due = Gauge("loyalty_timers_due", "Timers due and not yet fired", registry=r)
         self.timers_fired = Counter("loyalty_timers_fired", "Timers fired", ["kind"], registry=r)
         self.retries = Counter("loyalty_transient_retries", "Retries after transient errors", ["where"], registry=r)
+
+    def _register(self, kind: type[_M], name: str, documentation: str, labels: Sequence[str],
+                  **kwargs: object) -> _M:
+        # prometheus_client drops a counter's "_total" suffix from its name; key on what it keeps.
+        key = name.removesuffix("_total") if kind is Counter else name
+        existing = self._own.get(key)
+        if existing is not None:
+            if type(existing) is not kind or tuple(existing._labelnames) != tuple(labels):
+                raise ValueError(
+                    f"metric {name!r} already registered as {type(existing).__name__}{list(existing._labelnames)}"
+                )
+            return existing  # type: ignore[return-value]
+        metric = kind(name, documentation, list(labels), registry=self.registry, **kwargs)  # type: ignore[arg-type]
+        self._own[key] = metric
+        return metric
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        """A service counter, exported as ``<name>_total`` (``name`` may already end in ``_total``)."""
+        return self._register(Counter, name, documentation, labels)
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        return self._register(Gauge, name, documentation, labels)
+
+    def histogram(
+        self, name: str, documentation: str, labels: Sequence[str] = (),
+        buckets: Sequence[float] = Histogram.DEFAULT_BUCKETS,
+    ) -> Histogram:
+        return self._register(Histogram, name, documentation, labels, buckets=tuple(buckets))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

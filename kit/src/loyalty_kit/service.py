@@ -35,12 +35,13 @@ from faststream.kafka.annotations import KafkaMessage
 from loyalty_contracts.catalogue import topic_for, topics_produced_by
 from loyalty_contracts.registry import EVENT_TYPES
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram
 
 from loyalty_kit import inbox, migrations, roles
 from loyalty_kit.batch import BatchHandler, BatchProcessor, PreparedBatch
 from loyalty_kit.db import check_identifier, create_pool
 from loyalty_kit.dlq import dlq_topic_name
+from loyalty_kit.kafka import faststream_security
 from loyalty_kit.logs import configure_logging
 from loyalty_kit.metrics import KitMetrics
 from loyalty_kit.outbox import OutboxRelay, make_producer
@@ -126,6 +127,21 @@ class ServiceApp:
         if self._fastapi is not None:
             self._fastapi.include_router(router, **kwargs)
 
+    # --- service metrics (served by /metrics with the kit's) ---------------------------------------------
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        """Register (or get) a service counter on the app's registry, e.g.
+        ``app.counter("loyalty_tier_changes_total", "Tier changes", ["to_tier"]).labels(tier).inc()``."""
+        return self.metrics.counter(name, documentation, labels)
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        return self.metrics.gauge(name, documentation, labels)
+
+    def histogram(
+        self, name: str, documentation: str, labels: Sequence[str] = (),
+        buckets: Sequence[float] = Histogram.DEFAULT_BUCKETS,
+    ) -> Histogram:
+        return self.metrics.histogram(name, documentation, labels, buckets)
+
     # --- topics ---------------------------------------------------------------------------------------
     def topic(self, name: str) -> str:
         return self.settings.topic_prefix + name
@@ -157,6 +173,7 @@ class ServiceApp:
 
     async def _start(self) -> None:
         s = self.settings
+        kafka_options = s.kafka_options()  # raises KafkaSecurityError on contradicting settings, before any I/O
         self.dsn = s.pg_dsn
         if s.pg_admin_dsn:
             self.dsn = await roles.provision(s.pg_admin_dsn, self.name, s.pg_password)
@@ -166,8 +183,9 @@ class ServiceApp:
             await ensure_topics(
                 s.kafka_bootstrap, [*self.consumed_topics, self.dlq_topic, *self._produced_topics()],
                 prefix=s.topic_prefix, replication_factor=s.topic_replication_factor,
+                partitions=s.topic_partitions, kafka_options=kafka_options,
             )
-        self.producer = make_producer(s.kafka_bootstrap)
+        self.producer = make_producer(s.kafka_bootstrap, **kafka_options)
         await self.producer.start()
 
         self.relay = OutboxRelay(
@@ -216,7 +234,9 @@ class ServiceApp:
         broker_logger = logging.getLogger(f"faststream.{self.name}")
         # FastStream logs every batch at INFO ("Received"/"Processed"); the kit logs what matters itself.
         broker_logger.setLevel(max(logging.WARNING, logging.getLogger().level))
-        broker = KafkaBroker(s.kafka_bootstrap, middlewares=middlewares, logger=broker_logger)
+        broker = KafkaBroker(
+            s.kafka_bootstrap, middlewares=middlewares, logger=broker_logger, security=faststream_security(s)
+        )
         subscriber = broker.subscriber(
             *self.consumed_topics,
             group_id=s.group_id,

@@ -1,10 +1,13 @@
 """Helpers for services' integration tests (real Kafka + Postgres).
 
 - ``isolated_settings(service, bootstrap, dsn, suffix)``: settings with a unique consumer group and topic
-  prefix so parallel runs never collide;
+  prefix so parallel runs never collide, and 2 partitions per topic; the prefix is registered for clean-up:
+  ``delete_registered_topics()`` deletes every registered prefix's topics, and the kit's pytest plugin
+  (entry point ``loyalty_kit``) calls it when the test session ends, so runs leave no topics behind;
 - ``fresh_database(admin_dsn)``: a throwaway database (dropped afterwards), DSN of its superuser;
 - ``running(app)``: start a ServiceApp in-process, stop it afterwards;
 - ``publish(bootstrap, envelopes, topic_prefix)`` and ``publish_raw``;
+- every helper that connects to Kafka takes ``kafka_options`` (``settings.kafka_options()``) for secured brokers;
 - ``TopicReader``: read everything on a topic from the beginning, ``wait_for(n)`` records.
 """
 
@@ -12,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +32,44 @@ from loyalty_contracts.envelope import Envelope, encode
 from loyalty_kit.outbox import make_producer
 from loyalty_kit.service import ServiceApp
 from loyalty_kit.settings import ServiceSettings
+from loyalty_kit.topics import delete_topics_with_prefix
+
+log = logging.getLogger(__name__)
+
+# (bootstrap, topic prefix) -> Kafka options, for every isolated run whose topics must be deleted at the end.
+_CLEANUP: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def register_topic_cleanup(settings: ServiceSettings) -> None:
+    """Delete the topics under ``settings.topic_prefix`` when the test session ends (no-op without a prefix)."""
+    if settings.topic_prefix:
+        _CLEANUP[(settings.kafka_bootstrap, settings.topic_prefix)] = settings.kafka_options()
+
+
+def _reachable(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+async def delete_registered_topics(prefixes: Iterable[str] | None = None) -> list[str]:
+    """Delete the topics of every registered prefix (or only of ``prefixes``); returns their names.
+
+    A broker that is gone (a throwaway stack already stopped) is skipped: its topics went with it.
+    """
+    only = set(prefixes) if prefixes is not None else None
+    deleted: list[str] = []
+    for (bootstrap, prefix), options in list(_CLEANUP.items()):
+        if only is not None and prefix not in only:
+            continue
+        if _reachable(bootstrap):
+            async with asyncio.timeout(30):
+                deleted += await delete_topics_with_prefix(bootstrap, prefix, kafka_options=options)
+        _CLEANUP.pop((bootstrap, prefix), None)
+    return deleted
 
 
 def unique(prefix: str) -> str:
@@ -43,9 +86,12 @@ def isolated_settings(service: str, bootstrap: str, dsn: str, suffix: str, **ove
         "batch_timeout_ms": 50,
         "outbox_poll_interval_s": 0.2,
         "timer_poll_interval_s": 0.2,
+        "topic_partitions": 2,
     }
     values.update(overrides)
-    return ServiceSettings(**values)
+    settings = ServiceSettings(**values)
+    register_topic_cleanup(settings)
+    return settings
 
 
 def _with_database(dsn: str, database: str) -> str:
@@ -74,6 +120,9 @@ async def fresh_database(admin_dsn: str, prefix: str = "kit_") -> AsyncIterator[
 
 @asynccontextmanager
 async def running(app: ServiceApp) -> AsyncIterator[ServiceApp]:
+    """Start the app in-process, stop it afterwards; topics it creates under a prefix are deleted at the end."""
+    if app.settings.create_topics:
+        register_topic_cleanup(app.settings)
     await app.start()
     try:
         yield app
@@ -87,11 +136,17 @@ def http_client(app: ServiceApp) -> httpx.AsyncClient:
 
 
 async def publish(
-    bootstrap: str, envelopes: Iterable[Envelope], *, topic_prefix: str = "", producer: AIOKafkaProducer | None = None
+    bootstrap: str,
+    envelopes: Iterable[Envelope],
+    *,
+    topic_prefix: str = "",
+    producer: AIOKafkaProducer | None = None,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> None:
     records = [encode(env) for env in envelopes]
     await publish_raw(
-        bootstrap, [(topic_prefix + r.topic, r.key, r.value, r.headers) for r in records], producer=producer
+        bootstrap, [(topic_prefix + r.topic, r.key, r.value, r.headers) for r in records], producer=producer,
+        kafka_options=kafka_options,
     )
 
 
@@ -100,9 +155,10 @@ async def publish_raw(
     records: Sequence[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]],
     *,
     producer: AIOKafkaProducer | None = None,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> None:
     own = producer is None
-    prod = producer or make_producer(bootstrap)
+    prod = producer or make_producer(bootstrap, **dict(kafka_options or {}))
     if own:
         await prod.start()
     try:
@@ -116,9 +172,10 @@ async def publish_raw(
 class TopicReader:
     """Collects every record of some topics from the beginning (no consumer group)."""
 
-    def __init__(self, bootstrap: str, *topics: str) -> None:
+    def __init__(self, bootstrap: str, *topics: str, kafka_options: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
+        self.kafka_options = dict(kafka_options or {})
         self.records: list[ConsumerRecord[bytes, bytes]] = []
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -126,7 +183,7 @@ class TopicReader:
     async def __aenter__(self) -> TopicReader:
         self._consumer = AIOKafkaConsumer(
             *self.topics, bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="earliest",
-            enable_auto_commit=False, metadata_max_age_ms=1000,
+            enable_auto_commit=False, metadata_max_age_ms=1000, **self.kafka_options,
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._pump())

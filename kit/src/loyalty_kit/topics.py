@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -15,13 +16,23 @@ _SPECS = {spec.name: spec for spec in TOPICS}
 
 
 async def ensure_topics(
-    bootstrap: str, names: Iterable[str], *, prefix: str = "", replication_factor: int = 1
+    bootstrap: str,
+    names: Iterable[str],
+    *,
+    prefix: str = "",
+    replication_factor: int = 1,
+    partitions: int | None = None,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create missing topics with the catalogue's partitions and retention (a no-op for existing ones)."""
+    """Create missing topics with the catalogue's partitions and retention (a no-op for existing ones).
+
+    ``partitions`` overrides the catalogue's count (``settings.topic_partitions``: tests, local runs);
+    ``kafka_options`` are the connection's security options (``settings.kafka_options()``).
+    """
     wanted = sorted(set(names))
     if not wanted:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **dict(kafka_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -30,12 +41,12 @@ async def ensure_topics(
             if name in existing:
                 continue
             spec = _SPECS.get(name[len(prefix):] if prefix and name.startswith(prefix) else name)
-            partitions = spec.partitions if spec else DEFAULT_PARTITIONS
+            count = partitions or (spec.partitions if spec else DEFAULT_PARTITIONS)
             retention = spec.retention_ms if spec else (DLQ_RETENTION_MS if ".dlq." in name else None)
             configs = {"retention.ms": str(retention)} if retention else {}
             new.append(
                 NewTopic(
-                    name, num_partitions=partitions, replication_factor=replication_factor, topic_configs=configs
+                    name, num_partitions=count, replication_factor=replication_factor, topic_configs=configs
                 )
             )
         if new:
@@ -48,14 +59,16 @@ async def ensure_topics(
         await admin.close()
 
 
-async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
+async def delete_topics_with_prefix(
+    bootstrap: str, prefix: str, *, kafka_options: Mapping[str, Any] | None = None
+) -> list[str]:
     """Delete every topic whose name starts with ``prefix`` (test and benchmark clean-up); returns them.
 
     A non-empty prefix is required: this must never be able to delete the catalogue's topics.
     """
     if not prefix:
         raise ValueError("refusing to delete topics without a prefix")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **dict(kafka_options or {}))
     await admin.start()
     try:
         doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
