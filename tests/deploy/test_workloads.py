@@ -217,8 +217,8 @@ def test_spans_carry_the_pod_identity(manifests: list[dict[str, Any]]) -> None:
     assert names.index("POD_NAMESPACE") < names.index("OTEL_RESOURCE_ATTRIBUTES")
 
 
-# Settings the chart passes that the kit's ServiceSettings does not read yet (see deploy/README.md, Known gaps).
-PENDING_KIT_SETTINGS = {
+# The Kafka security settings the chart passes (the kit reads them since kit issue 3).
+KAFKA_SECURITY_SETTINGS = {
     "LOYALTY_KAFKA_SECURITY_PROTOCOL", "LOYALTY_KAFKA_SASL_MECHANISM", "LOYALTY_KAFKA_SASL_USERNAME",
     "LOYALTY_KAFKA_SASL_PASSWORD", "LOYALTY_KAFKA_SSL_CAFILE", "LOYALTY_KAFKA_SSL_CERTFILE",
     "LOYALTY_KAFKA_SSL_KEYFILE",
@@ -232,9 +232,10 @@ def test_chart_env_is_what_the_kit_settings_read(
     from loyalty_kit.settings import ServiceSettings
 
     known = {f"LOYALTY_{name.upper()}" for name in ServiceSettings.model_fields}
+    assert known >= KAFKA_SECURITY_SETTINGS
     container = one(manifests, "Deployment", f"t-loyalty-suite-{service}")["spec"]["template"]["spec"]["containers"][0]
     loyalty_env = {e["name"]: e.get("value") for e in container["env"] if e["name"].startswith("LOYALTY_")}
-    unknown = set(loyalty_env) - known - PENDING_KIT_SETTINGS
+    unknown = set(loyalty_env) - known
     assert not unknown, f"the kit ignores {sorted(unknown)} (ServiceSettings has extra='ignore')"
     for name in list(os.environ):
         if name.startswith("LOYALTY_"):

@@ -200,12 +200,12 @@ def dlq_replay(
 
 @app.command("lag")
 def lag(stack_dir: Path | None = typer.Option(None)) -> None:
-    """Consumer lag per service group (messages not yet processed)."""
-    from .services import consumer_lag
+    """Consumer lag per service (its group loyalty-<service>; messages not yet processed)."""
+    from .services import service_lag
 
     bootstrap, _ = _running_endpoints(stack_dir)
-    for group, value in asyncio.run(consumer_lag(bootstrap, list(SERVICE_NAMES))).items():
-        typer.echo(f"{group:<10} {value}")
+    for service, value in asyncio.run(service_lag(bootstrap, list(SERVICE_NAMES))).items():
+        typer.echo(f"{service:<10} {value}")
 
 
 def main() -> None:

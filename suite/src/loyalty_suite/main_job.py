@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from loyalty_kit.kafka import group_for
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .demo.report import make_report
 from .demo.retailer import RetailerConfig, build_plan, describe_plan, ensure_topics, run_stream
 from .demo.sinks import Sinks, write_demo_programs
-from .services import SERVICES, SuiteProcesses, consumer_lag, wait_drained
+from .services import SERVICES, SuiteProcesses, service_lag, wait_drained
 from .stack import LocalStack
 
 
@@ -44,7 +45,7 @@ class RunOptions:
 async def _poll_lag(bootstrap: str, holder: dict[str, int], stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(Exception):
-            holder.update(await consumer_lag(bootstrap, list(SERVICES)))
+            holder.update(await service_lag(bootstrap))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
 
@@ -112,11 +113,12 @@ async def run_main_job(opts: RunOptions, console: Console | None = None) -> Path
                 deadline = time.monotonic() + opts.drain_timeout_s
                 while not stop.is_set() and time.monotonic() < deadline:
                     bar.update(drain, info=_lag_text(lag))
-                    remaining = await wait_drained(endpoints.kafka_bootstrap, list(SERVICES), timeout_s=2.0)
+                    remaining = await wait_drained(endpoints.kafka_bootstrap, [group_for(s) for s in SERVICES],
+                                                   timeout_s=2.0)
                     if not any(remaining.values()):
                         break
                 await asyncio.sleep(3.0)  # the notifier's sender loop delivers what the last batches planned
-                bar.update(drain, info=_lag_text(await consumer_lag(endpoints.kafka_bootstrap, list(SERVICES))))
+                bar.update(drain, info=_lag_text(await service_lag(endpoints.kafka_bootstrap)))
             lag_stop.set()
             await lag_task
             console.print(f"published {result.stats.published} events in {result.stats.seconds:.1f}s "

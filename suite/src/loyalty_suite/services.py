@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from loyalty_kit.kafka import group_for
 
 from .stack.processes import StackError, free_port, tail
 
@@ -160,6 +161,12 @@ async def consumer_lag(bootstrap: str, groups: list[str]) -> dict[str, int]:
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def service_lag(bootstrap: str, services: tuple[str, ...] | list[str] = SERVICES) -> dict[str, int]:
+    """Lag per service name; each service consumes as its kit consumer group ``group_for(service)``."""
+    by_group = await consumer_lag(bootstrap, [group_for(s) for s in services])
+    return {s: by_group[group_for(s)] for s in services}
 
 
 async def wait_drained(bootstrap: str, groups: list[str], timeout_s: float, settle_s: float = 2.0) -> dict[str, int]:
