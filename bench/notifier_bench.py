@@ -200,6 +200,7 @@ async def drive(
     rate: float | None,
     offset: int,
     pool: Any,
+    sender: Any = None,
 ) -> SinkResult:
     """Publish n events (all at once, or at `rate` per second) and wait until the sink has all of them."""
     from loyalty_notifier.domain import Channel, notification_id
@@ -207,28 +208,33 @@ async def drive(
     base = sample(ce_type)
     before = len(_lines(log))
     sent_at: dict[str, float] = {}
-    records = []
-    for i in range(n):
+
+    def record(i: int) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+        """One event for customer offset+i, stamped with the time it is created (= its source time)."""
         customer = f"b-{(offset + i) % 10**6:06d}"
         data = with_customer(base, customer, datetime.now(UTC))
         env = Envelope.new(data, tenant=TENANT, source="/bench/retailer")
         rec = encode(env)
-        records.append((prefix + rec.topic, rec.key, rec.value, rec.headers))
         if kind == "email":
             recipient = f"b{(offset + i) % 10**6}@bench.test"
             sent_at[notification_id(TENANT, env.id, Channel.EMAIL, recipient)] = data.occurred_at.timestamp()
+        return prefix + rec.topic, rec.key, rec.value, rec.headers
+
     producer = make_producer(bootstrap, linger_ms=2)
     await producer.start()
     started = time.time()
     try:
         if rate is None:
-            await publish_raw(bootstrap, records, producer=producer)
+            await publish_raw(bootstrap, [record(i) for i in range(n)], producer=producer)
         else:
-            for i, record in enumerate(records):
+            acks = []
+            for i in range(n):
                 delay = started + i / rate - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await publish_raw(bootstrap, [record], producer=producer)
+                topic, key, value, headers = record(i)
+                acks.append(await producer.send(topic, key=key, value=value, headers=headers))
+            await asyncio.gather(*acks)
     finally:
         await producer.stop()
     deadline = time.monotonic() + max(120.0, n / 50)
@@ -251,6 +257,9 @@ async def drive(
     planned = await pool.fetchval(
         "SELECT extract(epoch FROM max(created_at)) FROM deliveries WHERE source_event_type = $1", ce_type
     )
+    if sender is not None:
+        phases = ", ".join(f"{k} {v:.2f}s" for k, v in sender.phase_s.items())
+        print(f"  sender so far: {sender.rounds} rounds, {phases}", file=sys.stderr)
     print(
         f"  {name}: last planned at {float(planned) - started:.2f}s, last arrival at {last - started:.2f}s",
         file=sys.stderr,
@@ -264,6 +273,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=500, help="max records per consumed batch")
     parser.add_argument("--paced-rate", type=float, default=100.0, help="events/s for the paced latency run")
     parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=32, help="sends in flight (LOYALTY_SENDER_CONCURRENCY)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     n = args.messages
@@ -292,14 +302,13 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                     **base.model_dump(exclude={"programs_dir", "outbox_poll_interval_s", "timer_poll_interval_s"}),
                     programs_dir=Path(programs),
                     sender_claim_limit=500,
-                    sender_concurrency=64,
+                    sender_concurrency=args.concurrency,
                 )
                 app = build_app(settings, environ={**os.environ, "BENCH_HOOK": SECRET})
                 cleanup.append(settings.topic_prefix)
                 async with running(app):
                     paced_n = int(args.paced_rate * args.paced_seconds)
                     await seed_customers(app, 2 * n + 2 * paced_n)
-                    app.pool._notifier_sender = app.sender  # type: ignore[union-attr]  # phase timings
                     email_log, hook_log = Path(out_dir) / "email.log", Path(out_dir) / "webhook.log"
                     prefix = settings.topic_prefix
                     runs = [
@@ -330,6 +339,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 rate=rate,
                                 offset=offset,
                                 pool=app.pool,
+                                sender=app.sender,
                             )
                         )
             for prefix in cleanup:  # the app's ~23 prefixed topics (and the limit run's) must not pile up

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -358,6 +359,63 @@ async def test_unknown_customer_and_no_consent_are_suppressed_with_reasons(wall:
     (tier,) = await wall.send("shop", with_customer(sample("loyalty.TierChanged.v1"), "c-ghost", now()))
     (ghost,) = await wall.outcomes(tier.id)
     assert ghost.reason == "unknown_customer"
+
+
+async def test_endpoint_disabled_after_repeated_failures_then_reenabled(wall: World) -> None:
+    wall.http.failures["hook:crm"] = [500] * 5  # disable_after_failures: 5; retry: 3 retries
+    case = sample("loyalty.DetractorCaseOpened.v1")
+    (first,) = await wall.send("shop", with_customer(case, "c-off-1", now()))
+    (exhausted,) = await wall.outcomes(first.id)
+    assert (exhausted.reason, exhausted.attempts) == ("retries_exhausted", 4)
+    (second,) = await wall.send("shop", with_customer(case, "c-off-2", now()))
+    (refused,) = await wall.outcomes(second.id)
+    assert refused.reason == "endpoint_disabled"
+    auth = {"Authorization": "Bearer shop-key"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
+        (crm,) = (await api.get("/notifier/shop/webhooks", headers=auth)).json()
+        assert crm["disabled"] is True and crm["consecutive_failures"] == 5
+        assert (await api.post("/notifier/shop/webhooks/nope/enable", headers=auth)).status_code == 404
+        enabled = await api.post("/notifier/shop/webhooks/crm/enable", headers=auth)
+        assert enabled.status_code == 200 and enabled.json()["disabled"] is False
+    (third,) = await wall.send("shop", with_customer(case, "c-off-3", now()))
+    (delivered,) = await wall.outcomes(third.id)
+    assert type(delivered).event_type == "NotificationDelivered"
+
+
+async def test_lost_leases_resend_webhooks_but_never_emails(wall: World) -> None:
+    """Rows a crashed sender left in 'sending': the webhook goes out again under its webhook-id, the email
+    is reported as failed (its outcome is unknown and a second copy cannot be recalled)."""
+    body = json.dumps({"type": "loyalty.DetractorCaseOpened.v1", "data": {"customer_id": "c-lease"}})
+    rows = [
+        ("email", "lease@shop.test", None, {"subject": "s", "text": "t", "html": "h", "sms": "t"}),
+        ("webhook", "crm", "crm", {"body": body, "webhook_id": "msg_lease"}),
+    ]
+    ids = {}
+    for channel, recipient, endpoint, content in rows:
+        source = str(uuid.uuid4())
+        ids[channel] = source
+        await wall.sql(
+            """
+            INSERT INTO deliveries (tenant, customer_id, notification_id, source_event_id, source_event_type, channel,
+                                    recipient, endpoint_id, category, template, locale, time_zone, content, status,
+                                    due_at, attempts, lease_until, source_time)
+            VALUES ('shop', 'c-lease', $1, $2, 'loyalty.DetractorCaseOpened.v1', $3, $4, $5, 'service', 't', 'en',
+                    'UTC', $6::jsonb, 'sending', now(), 1, now() - interval '1 second', now())
+            """,
+            str(uuid.uuid4()),
+            source,
+            channel,
+            recipient,
+            endpoint,
+            json.dumps(content),
+        )
+        await wall.sql("SELECT pg_notify('loyalty_notifier_deliveries', '')")
+    (email_outcome,) = await wall.outcomes(ids["email"])
+    (hook_outcome,) = await wall.outcomes(ids["webhook"])
+    assert type(email_outcome).event_type == "NotificationFailed" and "outcome unknown" in email_outcome.detail
+    assert type(hook_outcome).event_type == "NotificationDelivered" and hook_outcome.attempts == 2
+    assert wall.smtp.to("lease@shop.test") == []
+    assert [r.data["id"] for r in wall.http.webhooks].count("msg_lease") == 1
 
 
 # ------------------------------------------------------------------------------------------- event clock

@@ -31,7 +31,7 @@ class NotifierSettings(ServiceSettings):
     recipient_hash_key: str | None = Field(None, description="LOYALTY_RECIPIENT_HASH_KEY")
     sender_poll_interval_s: float = 0.5
     sender_claim_limit: int = 200
-    sender_concurrency: int = 64
+    sender_concurrency: int = 32  # more in flight made httpx's pool bookkeeping the bottleneck
     sender_lease_s: float = 120.0
     check_secrets: bool = True
 

@@ -261,12 +261,15 @@ def missing_secrets(tenants: dict[str, TenantNotifier], environ: dict[str, str] 
                         )
                     )
         channels = tenant.program.channels
-        for name, var in (
+        named: list[tuple[str, str | None]] = [
             ("telegram.token_env", channels.telegram.token_env if channels.telegram else None),
             ("sms.token_env", channels.sms.token_env if channels.sms else None),
-        ):
-            if var and not env.get(var):
-                found.append(ProgramError(file, f"{SECTION}.channels.{name}", f"environment variable {var} is not set"))
+        ]
+        for name, token_var in named:
+            if token_var and not env.get(token_var):
+                found.append(
+                    ProgramError(file, f"{SECTION}.channels.{name}", f"environment variable {token_var} is not set")
+                )
     return found
 
 

@@ -269,7 +269,7 @@ class NotifierProgram(_Strict):
     quiet_hours: QuietHoursConfig | None = None
     contact_budget: ContactBudgetConfig | None = None
     frequency_caps: list[FrequencyCapConfig] = Field(default_factory=list)
-    retry: RetryConfig = Field(default_factory=RetryConfig)
+    retry: RetryConfig = Field(default_factory=lambda: RetryConfig.model_validate({}))
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     webhooks: list[WebhookEndpointConfig] = Field(default_factory=list)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html as html_lib
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,9 @@ class TemplateSet:
         html = parts.get("html") or "<p>" + html_lib.escape(text).replace("\n", "<br>\n") + "</p>"
         return RenderedMessage(subject=subject, text=text, html=html, sms=parts.get("sms") or text)
 
-    def problems(self, name: str, locale: str, contexts: list[tuple[str, Mapping[str, Any]]]) -> list[TemplateProblem]:
+    def problems(
+        self, name: str, locale: str, contexts: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[TemplateProblem]:
         """Compile every part, then render it against each (label, sample context)."""
         found: list[TemplateProblem] = []
         for part in PARTS:
