@@ -256,6 +256,10 @@ async def test_email_is_multipart_with_unsubscribe_and_reported(wall: World) -> 
     assert "<mailto:unsubscribe@shop.example" in message["List-Unsubscribe"]
     assert "https://shop.example/prefs?c=c-mail&cat=service" in message["List-Unsubscribe"]
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
+        metrics = (await api.get("/metrics")).text
+    assert 'loyalty_notifier_deliveries_total{channel="email",outcome="delivered"}' in metrics
+    assert 'loyalty_notifier_delivery_latency_seconds_count{channel="email"}' in metrics
 
 
 async def test_webhook_http_500_then_success_is_retried_and_delivered_once(wall: World) -> None:

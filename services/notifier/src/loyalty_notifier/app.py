@@ -72,6 +72,23 @@ class NotifierApp(ServiceApp):
         self.channel_senders = {
             name: ChannelSenders(t.program, self.http, self.environ) for name, t in self.tenants.items()
         }
+        deliveries = self.counter(
+            "loyalty_notifier_deliveries_total",
+            "Delivery attempts' outcomes by channel (delivered, retry, failover, giveup, suppressed)",
+            ["channel", "outcome"],
+        )
+        latency = self.histogram(
+            "loyalty_notifier_delivery_latency_seconds",
+            "From the source event's time to the provider's acceptance",
+            ["channel"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+        )
+
+        def on_outcome(channel: str, outcome: str, seconds: float | None) -> None:
+            deliveries.labels(channel, outcome).inc()
+            if seconds is not None:
+                latency.labels(channel).observe(max(0.0, seconds))
+
         self.sender = Sender(
             pool=self.pool,
             tenants=self.tenants,
@@ -85,6 +102,7 @@ class NotifierApp(ServiceApp):
             lease_s=s.sender_lease_s,
             concurrency=s.sender_concurrency,
             poll_interval_s=s.sender_poll_interval_s,
+            on_outcome=on_outcome,
         )
         # Registered with the kit's background tasks: readiness reports it if it stops, stop() cancels it.
         self._tasks.append(asyncio.create_task(self.sender.run(), name="notifier-sender"))

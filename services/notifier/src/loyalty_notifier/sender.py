@@ -76,6 +76,7 @@ class Sender:
         concurrency: int = 64,
         poll_interval_s: float = 0.5,
         rnd: Callable[[], float] = random.random,
+        on_outcome: Callable[[str, str, float | None], None] | None = None,
     ) -> None:
         self.pool = pool
         self.tenants = tenants
@@ -89,6 +90,8 @@ class Sender:
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.rnd = rnd
+        # (channel, outcome, seconds from the source event to delivery) → metrics
+        self.on_outcome = on_outcome or (lambda channel, outcome, latency: None)
         self._gate = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self.sent_total = 0
@@ -227,6 +230,7 @@ class Sender:
                     now = nows[d.tenant]
                     verdict = budget_decision(d.category, (r for _, r in own), now, tenant.budget, tenant.caps)
                     if isinstance(verdict, Suppressed):
+                        self.on_outcome(d.channel.value, "suppressed", None)
                         outcomes.append(Outcome(d.id, "suppressed", error=verdict.reason.value))
                         suppressions.append(
                             (
@@ -309,6 +313,7 @@ class Sender:
                         health[hkey], succeeded=result.ok, disable_after=endpoint.disable_after_failures
                     )
             if result.ok:
+                self.on_outcome(d.channel.value, "delivered", time.time() - d.source_time.timestamp())
                 outcomes.append(Outcome(d.id, "delivered"))
                 fx = self._effects(conn, d.traceparent)
                 fx.emit(
@@ -343,6 +348,7 @@ class Sender:
                 fallbacks=d.fallbacks,
                 error=result.detail,
             )
+            self.on_outcome(d.channel.value, type(decision).__name__.lower(), None)
             if isinstance(decision, Retry):
                 due = release_after_quiet_hours(
                     decision.at, zone(d.time_zone, tenant.timezone), tenant.quiet, d.category
