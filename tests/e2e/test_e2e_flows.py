@@ -1,0 +1,172 @@
+"""End-to-end: the four real service processes, the local stack and the demo sinks (issue 8).
+
+The tests share one start of the services (module fixture `e2e`) and one event-time line: each test takes a
+fresh day after everything published before it, and the crash test runs last.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from e2e_harness import Seen, eventually
+from e2e_suite import E2ESuite, new_traceparent
+from loyalty_contracts.base import Money
+from loyalty_contracts.events.retail import (
+    CaseResolved,
+    Consents,
+    Contacts,
+    CustomerRegistered,
+    PurchaseLine,
+    PurchaseMade,
+    SurveyAnswered,
+)
+
+pytestmark = pytest.mark.integration
+
+TOOLS_EUR = 1200  # 1 point per EUR on tools: 1 200 status points, over Maker's threshold (1 000)
+
+
+def registration(customer_id: str, at: datetime, name: str, *, survey: bool = False,
+                 referral_code: str | None = None, domain: str = "example.com") -> CustomerRegistered:
+    return CustomerRegistered(
+        customer_id=customer_id, occurred_at=at, name=name, locale="en", time_zone="Europe/Berlin",
+        contacts=Contacts(email=f"{customer_id}@{domain}"),
+        consents=Consents(transactional=True, service=True, marketing=False, survey=survey),
+        referral_code=referral_code, email_domain=domain,
+    )
+
+
+def purchase(customer_id: str, at: datetime, order_id: str, eur: int, category: str = "tools") -> PurchaseMade:
+    price = Money(amount_minor=eur * 100, currency="EUR")
+    return PurchaseMade(
+        customer_id=customer_id, occurred_at=at, order_id=order_id, store_id="web", sales_channel="web",
+        lines=[PurchaseLine(line_id="1", sku=f"sku-{category}", category=category, quantity=1, unit_price=price)],
+        total=price,
+    )
+
+
+async def delivered_email(e2e: E2ESuite, source: Seen, what: str, timeout_s: float = 60.0) -> dict:
+    """The e-mail the SMTP sink captured for `source` (via NotificationDelivered.source_event_id)."""
+    delivered = await e2e.tail.wait_for(
+        lambda: [s for s in e2e.tail.of("NotificationDelivered", source.env.data.customer_id)
+                 if s.env.data.source_event_id == source.env.id and s.env.data.channel == "email"],
+        f"NotificationDelivered (email) for {what} {source.env.id}", timeout_s)
+    assert len(delivered) == 1, f"{what}: {len(delivered)} e-mail deliveries for one event"
+    notification_id = delivered[0].env.data.notification_id
+    emails = [m for m in e2e.sink("email") if m.get("notification_id") == notification_id]
+    assert len(emails) == 1, f"{what}: notification {notification_id} arrived {len(emails)} times at the SMTP sink"
+    return emails[0]
+
+
+async def test_tier_upgrade_is_one_trace_from_purchase_to_email(e2e: E2ESuite) -> None:
+    day = e2e.new_day()
+    customer = f"{e2e.prefix}-t1"
+    await e2e.publish(registration(customer, day, "Greta Tiermann"))
+    traceparent, trace_id, root_span = new_traceparent()
+    purchased = await e2e.publish(purchase(customer, day + timedelta(hours=1), f"{customer}-o1", TOOLS_EUR),
+                                  traceparent=traceparent)
+
+    changed = await e2e.tail.wait_for(
+        lambda: [s for s in e2e.tail.of("TierChanged", customer) if s.env.data.to_tier == "maker"],
+        "TierChanged to maker")
+    assert len(changed) == 1
+    tier_changed = changed[0]
+    assert tier_changed.env.data.direction == "up" and tier_changed.env.data.points == TOOLS_EUR
+    assert tier_changed.trace_id == trace_id, (
+        f"TierChanged carries traceparent {tier_changed.env.traceparent}, not the purchase's trace {trace_id}")
+
+    email = await delivered_email(e2e, tier_changed, "TierChanged")
+    assert email["to"].endswith(f"{customer}@example.com")
+    body = email["text"] or ""
+    assert "Greta" in body and "Greta" in email["subject"]
+    assert "Maker" in body and "Maker" in email["subject"]
+    for perk in ("Makers' digest", "Early access"):  # the new tier's perks, in the customer's locale
+        assert perk in body, f"perk {perk!r} missing from the e-mail:\n{body}"
+    delivery = next(s for s in e2e.tail.of("NotificationDelivered", customer)
+                    if s.env.data.notification_id == email["notification_id"])
+    assert delivery.trace_id == trace_id
+
+    # The spans the services exported over OTLP: both processes took part in the purchase's trace, tiers as
+    # the child of the span we published with, the notifier as the child of the span TierChanged carries.
+    tier_changed_span = (tier_changed.env.traceparent or "").split("-")[2]
+
+    async def spans_of_both() -> dict[str, list] | None:
+        in_trace = [s for s in e2e.otlp.spans() if s.trace_id == trace_id]
+        by_service = {svc: [s for s in in_trace if s.service == f"loyalty-{svc}"] for svc in ("tiers", "notifier")}
+        return by_service if all(by_service.values()) else None
+
+    try:
+        spans = await eventually(spans_of_both, f"spans of tiers and notifier in trace {trace_id}", 30)
+    except AssertionError:
+        seen = sorted({(s.service, s.trace_id) for s in e2e.otlp.spans()})[:20]
+        raise AssertionError(f"OTLP receiver ({e2e.otlp.requests} requests, errors {e2e.otlp.errors}) has no spans "
+                             f"of both services in trace {trace_id}; (service, trace) seen: {seen}") from None
+    assert any(s.parent_span_id == root_span for s in spans["tiers"]), (
+        f"no tiers span is a child of the published span {root_span}: {spans['tiers']}")
+    assert any(s.parent_span_id == tier_changed_span for s in spans["notifier"]), (
+        f"no notifier span is a child of TierChanged's span {tier_changed_span}: {spans['notifier']}")
+    assert purchased.traceparent == traceparent
+
+
+async def test_referred_friends_first_purchase_rewards_both_after_the_hold(e2e: E2ESuite) -> None:
+    day = e2e.new_day()
+    referrer, friend = f"{e2e.prefix}-t2-ref", f"{e2e.prefix}-t2-friend"
+    await e2e.publish(registration(referrer, day, "Rita Referrer"))
+    issued = await e2e.tail.wait_for(lambda: e2e.tail.of("ReferralCodeIssued", referrer), "ReferralCodeIssued")
+    code = issued[0].env.data.code
+    await e2e.publish(registration(friend, day + timedelta(days=1), "Fritz Friend", referral_code=code,
+                                   domain="example.org"))
+    bought_at = day + timedelta(days=2)
+    await e2e.publish(purchase(friend, bought_at, f"{friend}-o1", 80))
+    converted = await e2e.tail.wait_for(lambda: e2e.tail.of("ReferralConverted", referrer), "ReferralConverted")
+    assert converted[0].env.data.referee_id == friend
+    assert not e2e.tail.of("ReferralRewardGranted", referrer), "rewards granted before the hold period ended"
+
+    await e2e.advance_clock(bought_at + timedelta(days=30, hours=1))  # hold_days: 30 after the purchase
+    grants = await e2e.tail.wait_for(
+        lambda: (e2e.tail.of("ReferralRewardGranted", referrer) + e2e.tail.of("ReferralRewardGranted", friend))
+        if e2e.tail.of("ReferralRewardGranted", referrer) and e2e.tail.of("ReferralRewardGranted", friend) else None,
+        "ReferralRewardGranted for both sides")
+    by_role = {g.env.data.beneficiary_role: g for g in grants}
+    assert set(by_role) == {"referrer", "referee"} and len(grants) == 2
+    assert by_role["referrer"].env.data.customer_id == referrer and by_role["referrer"].env.data.points == 500
+    assert by_role["referee"].env.data.customer_id == friend
+    assert by_role["referee"].env.data.coupon_value == Money(amount_minor=1000, currency="EUR")
+
+    to_referrer = await delivered_email(e2e, by_role["referrer"], "referrer's ReferralRewardGranted")
+    to_friend = await delivered_email(e2e, by_role["referee"], "referee's ReferralRewardGranted")
+    assert to_referrer["to"].endswith(f"{referrer}@example.com") and "Rita" in (to_referrer["text"] or "")
+    assert "500 status points" in (to_referrer["text"] or "")
+    assert to_friend["to"].endswith(f"{friend}@example.org") and "Fritz" in (to_friend["text"] or "")
+    assert "10.00 EUR" in (to_friend["text"] or "")
+
+
+async def test_detractor_answer_opens_a_case_and_resolving_it_sends_the_reply(e2e: E2ESuite) -> None:
+    day = e2e.new_day()
+    customer = f"{e2e.prefix}-t3"
+    await e2e.publish(registration(customer, day, "Dora Detractor", survey=True))
+    bought_at = day + timedelta(hours=1)
+    await e2e.publish(purchase(customer, bought_at, f"{customer}-o1", 45))
+    await e2e.advance_clock(bought_at + timedelta(days=30, hours=1))  # first-purchase NPS: 30 days later
+    requested = await e2e.tail.wait_for(lambda: e2e.tail.of("SurveyRequested", customer), "SurveyRequested")
+    request = requested[0].env.data
+    assert request.kind == "nps" and request.survey_id == "first-purchase-nps"
+
+    answered_at = e2e.now + timedelta(hours=1)
+    await e2e.publish(SurveyAnswered(
+        customer_id=customer, occurred_at=answered_at, survey_id=request.survey_id, request_id=request.request_id,
+        score=2, comment="The courier was three days late and the parcel was crushed.", answer_channel="web"))
+    opened = await e2e.tail.wait_for(lambda: e2e.tail.of("DetractorCaseOpened", customer), "DetractorCaseOpened")
+    case = opened[0].env.data
+    assert case.score == 2 and case.queue == "logistics"  # delivery theme → the logistics queue
+    assert not e2e.tail.of("LoopClosed", customer), "loop closed before anyone resolved the case"
+
+    reply = f"Dora, we are sorry: the courier firm has been told, and your refund {e2e.prefix}-R7 is on its way."
+    await e2e.publish(CaseResolved(customer_id=customer, occurred_at=answered_at + timedelta(hours=2),
+                                   case_id=case.case_id, reply=reply, resolved_by="care-e2e"))
+    closed = await e2e.tail.wait_for(lambda: e2e.tail.of("LoopClosed", customer), "LoopClosed")
+    assert len(closed) == 1 and closed[0].env.data.reply == reply and closed[0].env.data.case_id == case.case_id
+    email = await delivered_email(e2e, closed[0], "LoopClosed")
+    assert email["to"].endswith(f"{customer}@example.com")
+    assert reply in (email["text"] or ""), f"the personal reply is not in the e-mail:\n{email['text']}"
