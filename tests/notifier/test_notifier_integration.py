@@ -384,6 +384,17 @@ async def test_endpoint_disabled_after_repeated_failures_then_reenabled(wall: Wo
     (third,) = await wall.send("shop", with_customer(case, "c-off-3", now()))
     (delivered,) = await wall.outcomes(third.id)
     assert type(delivered).event_type == "NotificationDelivered"
+    # The partner is fixed: resend the message that finally failed (delivered ones are never resent).
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
+        assert (await api.post("/notifier/shop/deliveries/resend", json={}, headers=auth)).status_code == 422
+        resent = await api.post(
+            "/notifier/shop/deliveries/resend",
+            json={"notification_ids": [exhausted.notification_id, delivered.notification_id]},
+            headers=auth,
+        )
+        assert resent.json() == {"resent": [exhausted.notification_id]}
+    _, redelivered = await wall.outcomes(first.id, n=2)
+    assert type(redelivered).event_type == "NotificationDelivered" and redelivered.attempts == 1
 
 
 async def test_lost_leases_resend_webhooks_but_never_emails(wall: World) -> None:

@@ -76,6 +76,16 @@ class EndpointView(BaseModel):
     disabled: bool
 
 
+class ResendRequest(BaseModel):
+    notification_ids: list[str] | None = None
+    all_failed: bool = False
+    since: datetime | None = None
+
+
+class ResendView(BaseModel):
+    resent: list[str]
+
+
 class PreviewView(BaseModel):
     subject: str
     text: str
@@ -232,6 +242,19 @@ def build_router(app: NotifierApp) -> APIRouter:
             endpoint_id=hook.id, url=hook.url, event_types=hook.event_types, consecutive_failures=0, disabled=False
         )
 
+    @router.post("/deliveries/resend", response_model=ResendView)
+    async def resend(tenant: str, request: ResendRequest, caller: Caller = Depends(auth)) -> ResendView:
+        """Resend messages that finally failed (after the provider was fixed): by notification id, or every
+        failed one (optionally since a time). Delivered messages are never resent."""
+        if not request.notification_ids and not request.all_failed:
+            raise HTTPException(
+                422, detail="give notification_ids or all_failed: true"
+            )
+        ids = None if request.all_failed else request.notification_ids
+        async with pool().acquire() as conn:
+            resent = await store.resend_failed(conn, tenant, ids, since=request.since)
+        return ResendView(resent=resent)
+
     @router.get("/preview", response_model=PreviewView)
     async def preview(
         tenant: str,
@@ -245,7 +268,7 @@ def build_router(app: NotifierApp) -> APIRouter:
         try:
             message = preview_tenant(app.tenants[tenant], event_type, locale)
         except KeyError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc.args[0])) from exc
+            raise HTTPException(422, detail=str(exc.args[0])) from exc
         return PreviewView(**message.to_json())
 
     return router

@@ -532,3 +532,26 @@ async def mark_steps(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, st
         "ON CONFLICT DO NOTHING",
         *[[r[i] for r in rows] for i in range(6)],
     )
+
+
+async def resend_failed(
+    conn: asyncpg.Connection, tenant: str, notification_ids: Sequence[str] | None, *, since: datetime | None = None
+) -> list[str]:
+    """An operator's explicit resend of messages that finally failed (never of delivered ones): back to
+    'pending', attempts from zero, due now. `notification_ids` None = every failed one (since a time)."""
+    rows = await conn.fetch(
+        """
+        UPDATE deliveries SET status = 'pending', attempts = 0, due_at = now(), finished_at = NULL,
+                              last_error = 'resend requested'
+        WHERE tenant = $1 AND status = 'failed'
+          AND ($2::text[] IS NULL OR notification_id = ANY($2::text[]))
+          AND ($3::timestamptz IS NULL OR finished_at >= $3)
+        RETURNING notification_id
+        """,
+        tenant,
+        list(notification_ids) if notification_ids is not None else None,
+        since,
+    )
+    if rows:
+        await conn.execute("SELECT pg_notify('loyalty_notifier_deliveries', '')")
+    return sorted(r["notification_id"] for r in rows)
