@@ -113,3 +113,53 @@ async def test_only_one_relay_leads_per_schema(
             assert one.published_total + two.published_total == 50
             assert 0 in (one.published_total, two.published_total)
         assert [r.value.decode() for r in out.records] == [f"k-{i}" for i in range(50)]
+
+
+async def test_rows_written_before_the_header_blob_are_still_published(
+    kafka_bootstrap: str, outbox_pool: asyncpg.Pool, service_name: str, suffix: str
+) -> None:
+    topic = f"t{suffix}.kit.outbox-old-rows"
+    await ensure_topics(kafka_bootstrap, [topic], partitions=2)
+    async with outbox_pool.acquire() as conn:
+        await conn.execute(  # migration 0002's two arrays
+            "INSERT INTO outbox (topic, key, header_names, header_values, value) VALUES ($1, $2, $3, $4, $5)",
+            topic, b"k", ["h", "ce_id"], [b"\xff\x00x", b"id-1"], b"arrays",
+        )
+        await conn.execute(  # migration 0001's JSON (latin-1 text values)
+            "INSERT INTO outbox (topic, key, headers, value) VALUES ($1, $2, $3, $4)",
+            topic, b"k", b'[["h", "\\u00ff\\u0000x"]]', b"json",
+        )
+    async with outbox_pool.acquire() as conn, conn.transaction():
+        await outbox.insert(conn, rows(topic, "k", 0, 1), service_name)
+    async with TopicReader(kafka_bootstrap, topic) as out, relay_running(outbox_pool, service_name, kafka_bootstrap):
+        await out.wait_for(3)
+    assert [(r.value, list(r.headers)) for r in out.records] == [
+        (b"arrays", [("h", b"\xff\x00x"), ("ce_id", b"id-1")]),
+        (b"json", [("h", b"\xff\x00x")]),
+        (b"k-0", [("h", b"\xff\x00x")]),
+    ]
+
+
+async def test_many_rows_span_several_record_batches_and_keep_per_key_order(
+    kafka_bootstrap: str, outbox_pool: asyncpg.Pool, service_name: str, suffix: str
+) -> None:
+    topic = f"t{suffix}.kit.outbox-many"
+    await ensure_topics(kafka_bootstrap, [topic], partitions=2)
+    keys = [f"c{i}" for i in range(7)]
+    padding = b"x" * 900  # 3000 rows of ~1 kB: several 256 kB batches per partition
+    records = [
+        KafkaRecord(
+            topic, keys[i % 7].encode(), f"{keys[i % 7]}-{i // 7}-".encode() + padding, [("n", str(i).encode())]
+        )
+        for i in range(3000)
+    ]
+    async with outbox_pool.acquire() as conn, conn.transaction():
+        await outbox.insert(conn, records, service_name)
+    async with TopicReader(kafka_bootstrap, topic) as out, relay_running(outbox_pool, service_name, kafka_bootstrap):
+        await out.wait_for(3000, within_s=60)
+        await asyncio.sleep(0.5)
+    assert len(out.records) == 3000
+    seen = {k: [int(r.value.split(b"-")[1]) for r in out.records if r.key == k.encode()] for k in keys}
+    assert all(seen[k] == list(range(len(seen[k]))) for k in keys)
+    assert sorted(int(dict(r.headers)["n"]) for r in out.records) == list(range(3000))
+    assert len({r.partition for r in out.records}) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,14 +21,14 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from loyalty_contracts.envelope import DecodeError, Envelope, decode
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 
 from loyalty_kit import inbox, outbox
 from loyalty_kit.db import is_transient_db_error
 from loyalty_kit.dlq import dead_letter_headers, publish_dead_letter
 from loyalty_kit.effects import ClockMode, EffectContext, advance_watermarks
 from loyalty_kit.metrics import KitMetrics
-from loyalty_kit.telemetry import context_from_traceparent, traceparent_of
+from loyalty_kit.telemetry import UnsampledSpans, context_from_traceparent, is_unsampled, traceparent_of
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class BatchProcessor:
         self.source = source or f"/loyalty/{service}"
         self.on_committed = on_committed
         self.max_backoff_s = max_backoff_s
+        # Without an exporter nothing records spans: skip the SDK and only hand out span ids (see telemetry).
+        self._unsampled = UnsampledSpans() if is_unsampled(tracer) else None
 
     async def process(self, records: Sequence[Any]) -> BatchOutcome:
         """Decode, dead-letter, dedup and apply one batch; returns when all of it is committed or dead-lettered."""
@@ -126,6 +129,9 @@ class BatchProcessor:
                 continue
             if env.type not in self.handlers:
                 batch.ignored += 1  # another event type sharing the topic; not ours
+                continue
+            if self._unsampled is not None:
+                batch.items.append(_Item(rec, env, INVALID_SPAN, self._unsampled.child_traceparent(env.traceparent)))
                 continue
             span = self.tracer.start_span(
                 f"{rec.topic} process",
@@ -151,8 +157,9 @@ class BatchProcessor:
             if batch.items:
                 await self._apply_or_split(batch.items, outcome)
         finally:
-            for item in batch.items:
-                item.span.end()
+            if self._unsampled is None:
+                for item in batch.items:
+                    item.span.end()
         self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
         self.metrics.batch_size.observe(len(batch.records))
         return outcome
@@ -215,8 +222,8 @@ class BatchProcessor:
         outcome.duplicates += duplicates
         if duplicates:
             self.metrics.duplicates.inc(duplicates)
-        for item in fresh:
-            self.metrics.events_handled.labels(item.env.type).inc()
+        for event_type, count in Counter(item.env.type for item in fresh).items():
+            self.metrics.events_handled.labels(event_type).inc(count)
         if fresh and self.on_committed is not None:
             self.on_committed()
 

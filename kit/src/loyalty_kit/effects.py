@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -12,6 +13,17 @@ from loyalty_contracts.base import Event
 from loyalty_contracts.envelope import Envelope, KafkaRecord, encode
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_VARIANT = "89ab"
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID string for an emitted event, ~3x cheaper than ``str(uuid.uuid4())``.
+
+    ``uuid4`` makes a ``getrandom`` system call per id. Ids only need to be unique (the inbox key), not
+    unpredictable, so the random module's generator (seeded from the OS, reseeded in forked children) will do.
+    """
+    h = f"{random.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 ClockMode = Literal["wall", "event"]
 
 
@@ -145,7 +157,9 @@ class EffectContext:
         owner = cause.tenant if cause is not None else tenant
         if not owner:
             raise ValueError("emit needs a cause or a tenant")
-        env = Envelope.new(data, tenant=owner, source=self.source, traceparent=self._traceparent_for(cause))
+        env = Envelope.new(
+            data, tenant=owner, source=self.source, traceparent=self._traceparent_for(cause), id=new_event_id()
+        )
         record = encode(env)
         if self.topic_prefix:
             record = KafkaRecord(self.topic_prefix + record.topic, record.key, record.value, record.headers)

@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import marshal
 from collections.abc import Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from loyalty_contracts.envelope import KafkaRecord
 
 from loyalty_kit.db import is_transient_db_error
@@ -27,28 +29,39 @@ from loyalty_kit.metrics import KitMetrics
 
 log = logging.getLogger(__name__)
 
+_PARTITIONER = DefaultPartitioner()
+
 
 def notify_channel(schema: str) -> str:
     return f"loyalty_outbox_{schema}"
 
 
 def _headers_from_row(row: asyncpg.Record) -> list[tuple[str, bytes]]:
+    blob = row["header_blob"]
+    if blob is not None:
+        # Written by ``insert`` below into the service's own schema (only the service's role can write it).
+        headers: list[tuple[str, bytes]] = marshal.loads(blob)
+        return headers
+    # Rows written before migration 0003 kept two arrays, and before 0002 JSON.
     if row["header_names"] or row["headers"] is None:
         return list(zip(row["header_names"], row["header_values"], strict=True))
-    # Rows written before migration 0002 kept JSON [[name, latin-1 text]].
     return [(name, value.encode("latin-1")) for name, value in json.loads(row["headers"])]
 
 
-OUTBOX_COLUMNS = ["topic", "key", "header_names", "header_values", "value"]
+OUTBOX_COLUMNS = ["topic", "key", "header_blob", "value"]
 
 
 async def insert(conn: asyncpg.Connection, records: Sequence[KafkaRecord], schema: str) -> None:
-    """Binary COPY into the outbox in the caller's transaction, plus a NOTIFY delivered when it commits."""
+    """Binary COPY into the outbox in the caller's transaction, plus a NOTIFY delivered when it commits.
+
+    Headers go in as one ``marshal`` blob of (str, bytes) pairs: C-speed both ways (see migration 0003).
+    """
     if not records:
         return
+    dumps = marshal.dumps
     await conn.copy_records_to_table(
         "outbox",
-        records=[(r.topic, r.key, [h[0] for h in r.headers], [h[1] for h in r.headers], r.value) for r in records],
+        records=[(r.topic, r.key, dumps(r.headers), r.value) for r in records],
         columns=OUTBOX_COLUMNS,
     )
     await conn.execute("SELECT pg_notify($1, '')", notify_channel(schema))
@@ -137,6 +150,45 @@ class OutboxRelay:
                     await conn.remove_listener(channel, self._on_notify)
                     await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock_key)
 
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Publish rows (in id order) as one record batch per partition and wait for every ack.
+
+        Rows are partitioned like the producer's default partitioner (murmur2 of the key, as the Java client)
+        and appended to ``BatchBuilder``s: one future per batch instead of per-row ``send`` calls, which
+        were most of the relay's CPU. Within a partition the rows keep their id order; the producer sends a
+        partition's batches one after another (idempotent, acks=all).
+        """
+        by_partition: dict[tuple[str, int], list[asyncpg.Record]] = {}
+        partition_of: dict[tuple[str, bytes | None], int] = {}
+        topic_partitions: dict[str, list[int]] = {}
+        for row in rows:
+            topic, key = row["topic"], row["key"]
+            partition = partition_of.get((topic, key))
+            if partition is None:
+                parts = topic_partitions.get(topic)
+                if parts is None:
+                    parts = topic_partitions[topic] = sorted(await self.producer.partitions_for(topic))
+                partition = _PARTITIONER(key, parts, parts)
+                if key is not None:  # a keyless row goes to a random partition each time
+                    partition_of[(topic, key)] = partition
+            by_partition.setdefault((topic, partition), []).append(row)
+        futures: list[asyncio.Future[object]] = []
+        for (topic, partition), group in by_partition.items():
+            batch = self.producer.create_batch()
+            for row in group:
+                headers = _headers_from_row(row)
+                if batch.append(key=row["key"], value=row["value"], timestamp=None, headers=headers) is None:
+                    futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+                    batch = self.producer.create_batch()
+                    if batch.append(key=row["key"], value=row["value"], timestamp=None, headers=headers) is None:
+                        # Larger than a whole batch: the producer's own send sizes a batch for it (or refuses it).
+                        futures.append(await self.producer.send(
+                            topic, value=row["value"], key=row["key"], headers=headers, partition=partition
+                        ))
+            if batch.record_count():
+                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+
     async def drain(self, conn: asyncpg.Connection) -> int:
         """Publish and delete every unpublished row (in id order); returns the number published.
 
@@ -149,17 +201,11 @@ class OutboxRelay:
             async with conn.transaction():
                 rows = await conn.fetch(
                     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1) "
-                    "RETURNING id, topic, key, header_names, header_values, headers, value",
+                    "RETURNING id, topic, key, header_blob, header_names, header_values, headers, value",
                     self.batch_rows,
                 )
                 rows.sort(key=lambda r: r["id"])  # RETURNING has no order; publish in id order
-                futures = [
-                    await self.producer.send(
-                        r["topic"], value=r["value"], key=r["key"], headers=_headers_from_row(r)
-                    )
-                    for r in rows
-                ]
-                await asyncio.gather(*futures)
+                await self._publish(rows)
             published += len(rows)
             self.published_total += len(rows)
             if self.metrics:

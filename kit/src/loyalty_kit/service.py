@@ -284,12 +284,15 @@ class ServiceApp:
             await self._commit_offsets(consumer, batch.records)
             self._record_lag(consumer, batch.records)
 
+    @staticmethod
+    def _last_offsets(records: Sequence[Any]) -> dict[tuple[str, int], int]:
+        # A batch lists each partition's records in offset order (FastStream flattens getmany's per-partition
+        # lists), so the last one seen per partition is the highest.
+        return {(rec.topic, rec.partition): rec.offset for rec in records}
+
     async def _commit_offsets(self, consumer: Any, records: Sequence[Any]) -> None:
         """Commit exactly the batch's offsets (not the consumer's position, which may be a batch ahead)."""
-        offsets: dict[TopicPartition, int] = {}
-        for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
+        offsets = {TopicPartition(t, p): o + 1 for (t, p), o in self._last_offsets(records).items()}
         try:
             await consumer.commit(offsets)
         except Exception as exc:
@@ -297,10 +300,7 @@ class ServiceApp:
             log.warning("offset commit failed", extra={"error": repr(exc)})
 
     def _record_lag(self, consumer: Any, records: Sequence[Any]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for rec in records:
-            last[(rec.topic, rec.partition)] = max(rec.offset, last.get((rec.topic, rec.partition), -1))
-        for (topic, partition), offset in last.items():
+        for (topic, partition), offset in self._last_offsets(records).items():
             with contextlib.suppress(Exception):
                 highwater = consumer.highwater(TopicPartition(topic, partition))
                 if highwater is not None:

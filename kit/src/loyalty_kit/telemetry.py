@@ -6,13 +6,16 @@ consume → produce hop stays in one trace.
 
 from __future__ import annotations
 
+import random
+import re
+
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -60,3 +63,34 @@ def remote_span(traceparent: str) -> Span:
     return NonRecordingSpan(
         SpanContext(int(parts[1], 16), int(parts[2], 16), is_remote=True, trace_flags=TraceFlags(int(parts[3], 16)))
     )
+
+
+def is_unsampled(tracer: Tracer) -> bool:
+    """True for the kit's exporter-less tracer (ALWAYS_OFF): its spans are never recorded."""
+    return getattr(tracer, "sampler", None) is ALWAYS_OFF
+
+
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+class UnsampledSpans:
+    """Span ids for consumed events when tracing is off, without the SDK's per-span work (~20 us → ~1 us).
+
+    Gives what ``tracer.start_span`` under ALWAYS_OFF gives: the parent's trace id (a new one for no or an
+    invalid parent), a fresh span id, trace flags 00 (not sampled), as a W3C traceparent for emitted events.
+    """
+
+    def __init__(self) -> None:
+        self._bits = random.getrandbits  # the module's generator: reseeded in forked children
+
+    def child_traceparent(self, parent: str | None) -> str:
+        trace_id = None
+        if parent:
+            match = _TRACEPARENT.fullmatch(parent)
+            if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
+                trace_id = match.group(1)
+        if trace_id is None:
+            trace_id = f"{self._bits(128) or 1:032x}"
+        return f"00-{trace_id}-{self._bits(64) or 1:016x}-00"
