@@ -168,17 +168,22 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
         started: list[float] = []
         applied = [0]
         peak = [rss_mb()]
-        original = BatchProcessor.process
+        original_prepare, original_finish = BatchProcessor.prepare, BatchProcessor.finish
 
         # Patched on the class before start: the consumer may take its first batch inside app.start().
-        async def timed(self: BatchProcessor, records: Any) -> Any:
+        # The kit decodes batch N+1 (prepare) while batch N is in its transaction (finish).
+        def timed_prepare(self: BatchProcessor, records: Any) -> Any:
             if not started:
                 started.append(time.perf_counter())
-            outcome = await original(self, records)
+            return original_prepare(self, records)
+
+        async def counted_finish(self: BatchProcessor, batch: Any) -> Any:
+            outcome = await original_finish(self, batch)
             applied[0] += outcome.applied + outcome.duplicates + outcome.dead_lettered + outcome.ignored
             return outcome
 
-        BatchProcessor.process = timed  # type: ignore[method-assign]
+        BatchProcessor.prepare = timed_prepare  # type: ignore[method-assign]
+        BatchProcessor.finish = counted_finish  # type: ignore[method-assign]
         try:
             await app.start()
             assert app.pool is not None and app.relay is not None
@@ -191,7 +196,8 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
                 ended = time.perf_counter()
                 emitted = app.relay.published_total
         finally:
-            BatchProcessor.process = original  # type: ignore[method-assign]
+            BatchProcessor.prepare = original_prepare  # type: ignore[method-assign]
+            BatchProcessor.finish = original_finish  # type: ignore[method-assign]
             await app.stop()
     return TiersResult(customers, n, ended - started[0], emitted, peak[0], seed_seconds)
 
