@@ -144,6 +144,7 @@ def program(smtp_port: int, http_port: int) -> dict[str, Any]:
                     "port": smtp_port,
                     "from_address": "b@bench.example",
                     "rate_per_second": 100_000,
+                    "connections": 8,
                 }
             },
             "routes": {"TierChanged": {"template": "tier_changed", "category": "service", "channels": ["email"]}},

@@ -247,9 +247,7 @@ def build_router(app: NotifierApp) -> APIRouter:
         """Resend messages that finally failed (after the provider was fixed): by notification id, or every
         failed one (optionally since a time). Delivered messages are never resent."""
         if not request.notification_ids and not request.all_failed:
-            raise HTTPException(
-                422, detail="give notification_ids or all_failed: true"
-            )
+            raise HTTPException(422, detail="give notification_ids or all_failed: true")
         ids = None if request.all_failed else request.notification_ids
         async with pool().acquire() as conn:
             resent = await store.resend_failed(conn, tenant, ids, since=request.since)

@@ -70,6 +70,7 @@ class SmsChannelConfig(_Strict):
     token_env: str | None = None
     timeout_s: float = Field(10.0, gt=0)
     rate_per_second: float = Field(20.0, gt=0)
+    max_in_flight: int = Field(8, ge=1, le=256, description="concurrent requests to the provider")
 
 
 class TelegramChannelConfig(_Strict):
@@ -80,6 +81,7 @@ class TelegramChannelConfig(_Strict):
     token_env: str
     timeout_s: float = Field(10.0, gt=0)
     rate_per_second: float = Field(25.0, gt=0)
+    max_in_flight: int = Field(8, ge=1, le=256, description="concurrent requests to the Bot API")
 
 
 class ChannelsConfig(_Strict):
@@ -102,6 +104,7 @@ class WebhookEndpointConfig(_Strict):
     disable_after_failures: int = Field(10, ge=1, description="consecutive failed attempts before disabling")
     timeout_s: float = Field(10.0, gt=0)
     rate_per_second: float = Field(50.0, gt=0)
+    max_in_flight: int = Field(8, ge=1, le=256, description="concurrent requests to the endpoint")
 
     @field_validator("secret_envs")
     @classmethod
