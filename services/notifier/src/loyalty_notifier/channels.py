@@ -190,9 +190,9 @@ class ChannelSenders:
                 endpoint = self.endpoints.get(delivery.endpoint_id or "")
                 if endpoint is None:
                     return SendResult(False, FailureKind.PERMANENT, f"endpoint {delivery.endpoint_id!r} not configured")
-                limiter = self.limits[f"webhook:{endpoint.id}"]
-                await limiter.acquire()
-                async with limiter.in_flight:
+                hook_limiter = self.limits[f"webhook:{endpoint.id}"]
+                await hook_limiter.acquire()
+                async with hook_limiter.in_flight:
                     return await self.send_webhook(endpoint, delivery)
             limiter = self.limits.get(delivery.channel.value)
             if limiter is None:
