@@ -4,6 +4,7 @@ when surveys fall due together, and a customer's balance under concurrent answer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,14 @@ from loyalty_kit.testing import fresh_database
 from loyalty_kit.timers import Timer
 from loyalty_surveys import store
 from loyalty_surveys.app import MIGRATIONS_DIR
-from loyalty_surveys.handlers import SURVEY_DUE, IncomingAnswer, SurveysHandlers, tenant_configs
+from loyalty_surveys.handlers import (
+    NPS_REFRESH,
+    NPS_REFRESH_DELAY,
+    SURVEY_DUE,
+    IncomingAnswer,
+    SurveysHandlers,
+    tenant_configs,
+)
 
 from .helpers import example_program
 
@@ -173,3 +181,44 @@ async def test_surveys_falling_due_together_respect_the_recontact_period(pool: a
         ctx = context(conn)
         await HANDLERS.on_survey_due(ctx, timers)
         assert ctx.emitted == []
+
+
+async def test_nps_answers_refresh_the_nps_gauge(pool: asyncpg.Pool) -> None:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    gauge = Gauge("loyalty_surveys_nps", "NPS", ["tenant"], registry=registry)
+    handlers = SurveysHandlers(HANDLERS.configs, nps_gauge=gauge)
+    rows = [
+        dataclasses.replace(request(f"n{i}", f"c{i}"), survey_id="first-purchase-nps", kind="nps") for i in range(5)
+    ]
+    async with pool.acquire() as conn:
+        await store.insert_pending_requests(conn, rows)
+    async with pool.acquire() as conn, conn.transaction():
+        # 10, 9, 8, 3, 0 → 2 promoters, 1 passive, 2 detractors → NPS 0; one refresh timer for the tenant
+        results = await handlers.apply_answers(
+            context(conn),
+            [
+                IncomingAnswer(TENANT, f"n{i}", score, None, T0 + timedelta(minutes=i), "web", customer_id=f"c{i}")
+                for i, score in enumerate([10, 9, 8, 3, 0])
+            ],
+        )
+    assert all(r.accepted for r in results)
+    async with pool.acquire() as conn:
+        [timer] = await conn.fetch("SELECT tenant, kind, key, due_at FROM timers WHERE kind = $1", NPS_REFRESH)
+    assert timer["due_at"] == T0 + timedelta(minutes=4) + NPS_REFRESH_DELAY
+    fired = Timer(id=1, tenant=TENANT, kind=NPS_REFRESH, key=TENANT, due_at=timer["due_at"], payload={}, attempts=0)
+    async with pool.acquire() as conn, conn.transaction():
+        await handlers.on_nps_refresh(context(conn), [fired])
+    assert registry.get_sample_value("loyalty_surveys_nps", {"tenant": TENANT}) == 0.0
+    # a promoter more: 3 of 6 promoters, 2 detractors → 16.7
+    async with pool.acquire() as conn:
+        await store.insert_pending_requests(
+            conn, [dataclasses.replace(request("n9", "c9"), survey_id="first-purchase-nps", kind="nps")]
+        )
+    async with pool.acquire() as conn, conn.transaction():
+        await handlers.apply_answers(
+            context(conn), [IncomingAnswer(TENANT, "n9", 10, None, T0, "web", customer_id="c9")]
+        )
+        await handlers.on_nps_refresh(context(conn), [fired])
+    assert registry.get_sample_value("loyalty_surveys_nps", {"tenant": TENANT}) == pytest.approx(100 / 6)

@@ -15,6 +15,7 @@ from loyalty_surveys.api import build_router
 from loyalty_surveys.handlers import (
     CASE_DEADLINE,
     FOLLOW_UP_DUE,
+    NPS_REFRESH,
     SURVEY_DUE,
     SurveysHandlers,
     consumed_event_types,
@@ -46,6 +47,10 @@ def build_app(
     app.timer_handler(SURVEY_DUE)(handlers.on_survey_due)
     app.timer_handler(FOLLOW_UP_DUE)(handlers.on_follow_up_due)
     app.timer_handler(CASE_DEADLINE)(handlers.on_case_deadline)
+    app.timer_handler(NPS_REFRESH)(handlers.on_nps_refresh)
+    handlers.nps_gauge = app.gauge(
+        "loyalty_surveys_nps", "NPS of the last 30 days (promoters % minus detractors %)", ["tenant"]
+    )
     app.include_router(
         build_router(
             lambda: app.pool,  # type: ignore[arg-type,return-value]

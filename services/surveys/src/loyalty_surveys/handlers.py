@@ -14,7 +14,7 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from loyalty_contracts.envelope import Envelope
@@ -24,6 +24,7 @@ from loyalty_contracts.events import surveys as out
 from loyalty_contracts.registry import EVENT_TYPES
 from loyalty_kit.effects import EffectContext
 from loyalty_kit.timers import Timer
+from prometheus_client import Gauge
 
 from loyalty_surveys import domain, store
 from loyalty_surveys.business_hours import BusinessCalendar
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 SURVEY_DUE = "survey-due"
 FOLLOW_UP_DUE = "follow-up-due"
 CASE_DEADLINE = "case-deadline"
+NPS_REFRESH = "nps-refresh"
+NPS_REFRESH_DELAY = timedelta(minutes=1)  # at most one refresh query per tenant and minute of answers
+NPS_WINDOW = timedelta(days=30)
 
 # Delivery reports about these of our events mean the survey link never reached the customer.
 REQUEST_EVENT_TYPES = frozenset({out.SurveyRequested.ce_type(), out.FollowUpRequested.ce_type()})
@@ -197,8 +201,10 @@ class AnswerResult:
 
 
 class SurveysHandlers:
-    def __init__(self, configs: Mapping[str, TenantConfig]) -> None:
+    def __init__(self, configs: Mapping[str, TenantConfig], nps_gauge: Gauge | None = None) -> None:
         self.configs = dict(configs)
+        # `loyalty_surveys_nps{tenant}`: NPS of the last NPS_WINDOW, refreshed by a timer after NPS answers.
+        self.nps_gauge = nps_gauge
 
     def config(self, tenant: str) -> TenantConfig:
         try:
@@ -487,7 +493,14 @@ class SurveysHandlers:
                 answer.cause,
             )
         # DO NOTHING for both: a follow-up is never moved or repeated; a case's deadline never changes.
-        await ctx.schedule_many([*follow_up_timers, *deadline_timers], replace=False)
+        latest_nps: dict[str, datetime] = {}
+        for answer, request, _ in accepted:
+            if request.kind == "nps":
+                latest_nps[answer.tenant] = max(answer.answered_at, latest_nps.get(answer.tenant, answer.answered_at))
+        refresh_timers: list[tuple[str, str, datetime, dict[str, Any], str]] = [
+            (NPS_REFRESH, tenant, at + NPS_REFRESH_DELAY, {}, tenant) for tenant, at in latest_nps.items()
+        ]
+        await ctx.schedule_many([*follow_up_timers, *deadline_timers, *refresh_timers], replace=False)
         if own_book:
             await book.flush(ctx)
         return [r if r is not None else AnswerResult(False, "unknown_request") for r in results]
@@ -705,6 +718,10 @@ class SurveysHandlers:
         await store.insert_pending_requests(conn, rows)
         await store.mark_requested(conn, sent)
 
+    async def on_nps_refresh(self, ctx: Any, timers: list[Timer]) -> None:
+        """Set the NPS gauge of each tenant from the answers of the last 30 days (read only)."""
+        await _refresh_nps(self, ctx, timers)
+
     async def on_case_deadline(self, ctx: Any, timers: list[Timer]) -> None:
         conn = ctx.conn
         cases = await store.cases_by_id(conn, [(t.tenant, t.payload["case_id"]) for t in timers])
@@ -732,6 +749,16 @@ class SurveysHandlers:
             book.add(timer.tenant, case.customer_id, ["deadline_breached"], case.case_id, case.deadline_at, None)
         await store.mark_breached(conn, breached)
         await book.flush(ctx)
+
+
+async def _refresh_nps(handlers: SurveysHandlers, ctx: Any, timers: list[Timer]) -> None:
+    if handlers.nps_gauge is None:
+        return
+    for timer in timers:
+        counts = await store.nps_counts(ctx.conn, timer.tenant, timer.due_at - NPS_WINDOW, timer.due_at)
+        value = domain.NpsSummary(sum(counts), *counts).nps
+        if value is not None:
+            handlers.nps_gauge.labels(timer.tenant).set(value)
 
 
 def _main_category(purchase: retail.PurchaseMade) -> str | None:

@@ -496,6 +496,23 @@ async def resolve_cases(
     )
 
 
+async def nps_counts(conn: asyncpg.Connection, tenant: str, start: datetime, end: datetime) -> tuple[int, int, int]:
+    """(promoters, passives, detractors) of NPS answers in (start, end]."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE sentiment = 'promoter') AS promoters,
+               count(*) FILTER (WHERE sentiment = 'passive') AS passives,
+               count(*) FILTER (WHERE sentiment = 'detractor') AS detractors
+        FROM feedback WHERE tenant = $1 AND kind = 'nps' AND answered_at > $2 AND answered_at <= $3
+        """,
+        tenant,
+        start,
+        end,
+    )
+    assert row is not None
+    return row["promoters"], row["passives"], row["detractors"]
+
+
 # --- you said, we did --------------------------------------------------------------------------
 
 
