@@ -208,6 +208,84 @@ def lag(stack_dir: Path | None = typer.Option(None)) -> None:
         typer.echo(f"{service:<10} {value}")
 
 
+@app.command("inspect")
+def inspect(
+    customer: str = typer.Argument(..., help="Customer id"),
+    tenant: str = typer.Option("acme-diy", help="Tenant (retailer) id"),
+    api_key: str = typer.Option(..., envvar="LOYALTY_API_KEY", help="The tenant's read-API key"),
+    stack_dir: Path | None = typer.Option(None),
+) -> None:
+    """One customer across all services: tier and ledger, referrals, feedback and loyalty account, messages."""
+    from .ops import inspect_customer, service_urls
+
+    urls = service_urls(LocalStack(stack_dir).root)
+    if not urls:
+        _fail(StackError("no running services found: start `loyalty run --keep-running`, or set "
+                         "LOYALTY_TIERS_URL, LOYALTY_REFERRALS_URL, LOYALTY_SURVEYS_URL, LOYALTY_NOTIFIER_URL"))
+        return
+    typer.echo(json.dumps(inspect_customer(urls, tenant, customer, api_key), indent=2, ensure_ascii=False,
+                          default=str))
+
+
+tiers_app = typer.Typer(no_args_is_help=True, help="Tiers operations.")
+app.add_typer(tiers_app, name="tiers")
+notifier_app = typer.Typer(no_args_is_help=True, help="Notifier operations.")
+app.add_typer(notifier_app, name="notifier")
+
+
+@tiers_app.command("recalc")
+def tiers_recalc(
+    tenant: str = typer.Option(..., help="Tenant whose customers are replayed"),
+    version: int = typer.Option(..., help="The new tiers program version (tiers.version in the program file)"),
+    programs_dir: Path = typer.Option(Path("programs")),
+    force: bool = typer.Option(False, help="Also replay customers already evaluated under this version"),
+    stack_dir: Path | None = typer.Option(None),
+) -> None:
+    """Replay every customer's ledger under a new program version; emit only the changes that result."""
+    from loyalty_kit.settings import ServiceSettings
+    from loyalty_tiers.recalc import RecalculationError, recalculate
+
+    bootstrap, dsn = _running_endpoints(stack_dir)
+    settings = ServiceSettings(service="tiers", kafka_bootstrap=bootstrap, pg_dsn=dsn, pg_admin_dsn=dsn,
+                               programs_dir=programs_dir)
+    try:
+        report = asyncio.run(recalculate(tenant, version, settings=settings, force=force))
+    except RecalculationError as exc:
+        _fail(StackError(str(exc)))
+        return
+    typer.echo(str(report))
+
+
+@notifier_app.command("preview")
+def notifier_preview(
+    event_type: str = typer.Option(..., "--event-type", help="Event name (TierChanged) or journey:<name>:<step>"),
+    tenant: str = typer.Option("acme-diy"),
+    locale: str = typer.Option("en"),
+    programs_dir: Path = typer.Option(Path("programs")),
+) -> None:
+    """Render the message a sample event becomes, in the tenant's voice and the given locale."""
+    from loyalty_notifier.config import preview
+
+    try:
+        message = preview(programs_dir, tenant, event_type, locale)
+    except KeyError as exc:
+        _fail(StackError(str(exc.args[0])))
+        return
+    typer.echo(_render_message(message))
+
+
+def _render_message(message: Any) -> str:
+    if hasattr(message, "model_dump"):
+        data = message.model_dump()
+    elif hasattr(message, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        data = asdict(message)
+    else:
+        data = {"message": str(message)}
+    return "\n".join(f"--- {key} ---\n{value}" for key, value in data.items())
+
+
 def main() -> None:
     try:
         app()

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .demo.report import make_report
 from .demo.retailer import RetailerConfig, build_plan, describe_plan, ensure_topics, run_stream
 from .demo.sinks import Sinks, write_demo_programs
+from .ops import SERVICES_FILE, write_service_urls
 from .services import SERVICES, SuiteProcesses, service_lag, wait_drained
 from .stack import LocalStack
 
@@ -90,6 +91,7 @@ async def run_main_job(opts: RunOptions, console: Console | None = None) -> Path
                                    extra_env=env)
             t0 = time.monotonic()
             await asyncio.to_thread(procs.start_all)
+            write_service_urls(stack.root, {name: svc.url for name, svc in procs.running.items()})
             console.print(f"[green]services ready[/] in {time.monotonic() - t0:.1f}s: " + ", ".join(
                 f"{name} {svc.url}" for name, svc in procs.running.items()))
             plan = build_plan(RetailerConfig(customers=opts.customers, days=opts.days, seed=opts.seed,
@@ -137,5 +139,6 @@ async def run_main_job(opts: RunOptions, console: Console | None = None) -> Path
             loop.remove_signal_handler(sig)
         if procs is not None:
             await asyncio.to_thread(procs.stop_all)
+            (stack.root / SERVICES_FILE).unlink(missing_ok=True)
         if not reused:
             await asyncio.to_thread(stack.down)
