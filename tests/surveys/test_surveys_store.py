@@ -222,3 +222,25 @@ async def test_nps_answers_refresh_the_nps_gauge(pool: asyncpg.Pool) -> None:
         )
         await handlers.on_nps_refresh(context(conn), [fired])
     assert registry.get_sample_value("loyalty_surveys_nps", {"tenant": TENANT}) == pytest.approx(100 / 6)
+
+
+async def test_a_survey_removed_from_the_program_is_cancelled_not_sent(pool: asyncpg.Pool) -> None:
+    retired = dataclasses.replace(request("old", "c1", T0, "pending"), survey_id="retired-survey")
+    async with pool.acquire() as conn:
+        await store.insert_pending_requests(conn, [retired, request("new", "c1", T0 + timedelta(days=1), "pending")])
+    timers = [
+        Timer(
+            id=i, tenant=TENANT, kind=SURVEY_DUE, key=f"{TENANT}/{r}", due_at=T0, payload={"request_id": r}, attempts=0
+        )
+        for i, r in enumerate(["old", "new"])
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = context(conn)
+        await HANDLERS.on_survey_due(ctx, timers)
+        # the cancelled one does not use up the recontact period: the other one goes out
+        assert [env.data.request_id for env in ctx.emitted] == ["new"]  # type: ignore[attr-defined]
+    async with pool.acquire() as conn:
+        assert dict(await conn.fetch("SELECT request_id, status FROM survey_requests")) == {
+            "old": "cancelled",
+            "new": "requested",
+        }

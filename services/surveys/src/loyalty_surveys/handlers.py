@@ -611,6 +611,7 @@ class SurveysHandlers:
         locales = await store.customer_tiers_and_locales(conn, [(r.tenant, r.customer_id) for r in pending])
         sent_rows: list[tuple[str, str, datetime, datetime, str]] = []
         skipped_keys: list[tuple[str, str]] = []
+        cancelled_keys: list[tuple[str, str]] = []
         by_tenant: dict[str, list[store.RequestRow]] = defaultdict(list)
         for r in pending:
             by_tenant[r.tenant].append(r)
@@ -627,7 +628,10 @@ class SurveysHandlers:
                     trigger_event_id=r.trigger_event_id,
                 )
                 for r in rows
+                if config.program.survey(r.survey_id) is not None
             }
+            # The retailer removed the survey from its program since it was planned: it is not sent.
+            cancelled_keys.extend((tenant, r.request_id) for r in rows if r.request_id not in planned)
             history = {c: at for (t, c), at in last.items() if t == tenant}
             send, skipped = domain.decide_sends(list(planned.values()), history, config.program.recontact_period)
             skipped_keys.extend((tenant, p.request_id) for p in skipped)
@@ -660,6 +664,7 @@ class SurveysHandlers:
                 sent_rows.append((tenant, p.request_id, p.due_at, expires_at, env.id))
         await store.mark_requested(conn, sent_rows)
         await store.set_request_status(conn, skipped_keys, "skipped_recontact")
+        await store.set_request_status(conn, cancelled_keys, "cancelled")
 
     async def on_follow_up_due(self, ctx: Any, timers: list[Timer]) -> None:
         conn = ctx.conn
