@@ -244,3 +244,46 @@ async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeou
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout_s:.0f}s for {what}")
         await asyncio.sleep(0.3)
+
+
+async def partition_lag(bootstrap: str, group: str) -> dict[str, tuple[int, int]]:
+    """Partitions where `group` is behind: "topic/partition" -> (committed offset, end offset)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        ends = await consumer.end_offsets(list(committed))
+        return {f"{tp.topic}/{tp.partition}": (meta.offset, ends[tp]) for tp, meta in committed.items()
+                if ends[tp] > meta.offset}
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def subscribed_topics(service: str) -> list[str]:
+    """The topics a service's batch handlers subscribe to, from the service's own declaration.
+
+    Not the catalogue's `topics_consumed_by`: the catalogue lists loyalty.referral-converted.v1 for tiers,
+    which tiers deliberately does not consume, and a group committed on a topic it never reads shows lag forever.
+    """
+    from loyalty_contracts.catalogue import topic_for
+
+    if service == "tiers":
+        from loyalty_tiers.handlers import CONSUMED_TYPES as types
+    elif service == "referrals":
+        from loyalty_referrals.handlers import CONSUMED as types
+    elif service == "surveys":
+        from loyalty_surveys.handlers import consumed_event_types
+
+        types = tuple(consumed_event_types())
+    elif service == "notifier":
+        from loyalty_notifier.handlers import consumed_event_types as notifier_types
+
+        types = tuple(notifier_types([]))
+    else:
+        raise KeyError(service)
+    return sorted({topic_for(t) for t in types})

@@ -28,9 +28,8 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from e2e_harness import BackgroundLoop, KafkaTail, OtlpReceiver, start_groups_at_end
+from e2e_harness import BackgroundLoop, KafkaTail, OtlpReceiver, start_groups_at_end, subscribed_topics
 from loyalty_contracts.base import Event, Money
-from loyalty_contracts.catalogue import topics_consumed_by
 from loyalty_contracts.envelope import Envelope, encode
 from loyalty_contracts.events.retail import PurchaseLine, PurchaseMade
 from loyalty_kit.roles import derived_password
@@ -144,7 +143,7 @@ async def running_suite(kafka_bootstrap: str, pg_admin_dsn: str, root: Path) -> 
     await ensure_topics(kafka_bootstrap)
     groups = {name: f"e2e-{run}-{name}" for name in SERVICES}
     for name, group in groups.items():
-        await start_groups_at_end(kafka_bootstrap, group, topics_consumed_by(name))
+        await start_groups_at_end(kafka_bootstrap, group, subscribed_topics(name))
     procs = SuiteProcesses(kafka_bootstrap, run_dsn, programs, root / "logs", extra_env={
         **endpoints.notifier_env(),
         "ACME_DIY_REFERRAL_SECRET": referral_secret,

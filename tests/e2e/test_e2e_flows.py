@@ -6,12 +6,17 @@ fresh day after everything published before it, and the crash test runs last.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
-from e2e_harness import Seen, eventually
-from e2e_suite import E2ESuite, new_traceparent
+from e2e_harness import Seen, eventually, partition_lag
+from e2e_suite import TENANT, E2ESuite, new_traceparent
 from loyalty_contracts.base import Money
+from loyalty_contracts.envelope import Envelope
 from loyalty_contracts.events.retail import (
     CaseResolved,
     Consents,
@@ -21,6 +26,13 @@ from loyalty_contracts.events.retail import (
     PurchaseMade,
     SurveyAnswered,
 )
+from loyalty_kit.programs import load_program_files
+from loyalty_suite.demo.retailer import RetailerConfig, build_plan, publish_stream
+from loyalty_suite.services import consumer_lag, wait_drained
+from loyalty_tiers import domain
+from loyalty_tiers.app import tenant_rules
+from loyalty_tiers.handlers import CONSUMED_TYPES, to_fact
+from loyalty_tiers.program import TiersProgram
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +182,125 @@ async def test_detractor_answer_opens_a_case_and_resolving_it_sends_the_reply(e2
     email = await delivered_email(e2e, closed[0], "LoopClosed")
     assert email["to"].endswith(f"{customer}@example.com")
     assert reply in (email["text"] or ""), f"the personal reply is not in the e-mail:\n{email['text']}"
+
+
+async def test_crashing_tiers_mid_stream_loses_nothing_and_sends_nothing_twice(e2e: E2ESuite) -> None:
+    plan = build_plan(RetailerConfig(customers=60, days=60, start=e2e.new_day(), id_prefix=f"{e2e.prefix}-s",
+                                     referral_secret=e2e.referral_secret.encode()))
+    stream = plan.envelopes
+    crash_at = int(len(stream) * 0.4)
+    reached = asyncio.Event()
+    lag_at_crash: dict[str, int] = {}
+
+    def on_progress(count: int, _env: Envelope) -> None:
+        if count == crash_at:
+            reached.set()
+
+    async def crash_and_restart_tiers() -> float:
+        await reached.wait()
+        lag_at_crash.update(await consumer_lag(e2e.bootstrap, [e2e.groups["tiers"]]))
+        await asyncio.to_thread(e2e.procs.kill, "tiers")  # SIGKILL: no shutdown, whatever was in flight
+        started = time.monotonic()
+        await e2e.start_service("tiers")
+        return time.monotonic() - started
+
+    restart = asyncio.create_task(crash_and_restart_tiers())
+    stats = await publish_stream(e2e.bootstrap, stream, rate=30, progress_cb=on_progress)
+    restart_s = await asyncio.wait_for(restart, 150)
+    assert stats.published == len(stream)
+    e2e.now = max(e2e.now, max(env.time for env in stream))
+
+    # Every retailer event consumed by every service: the run's groups have no lag left.
+    lag = await wait_drained(e2e.bootstrap, list(e2e.groups.values()), timeout_s=90)
+    if any(lag.values()):
+        behind = {group: await partition_lag(e2e.bootstrap, group) for group, n in lag.items() if n}
+        await asyncio.sleep(5)
+        later = {group: await partition_lag(e2e.bootstrap, group) for group in behind}
+        raise AssertionError(f"services still behind 90 s after the stream: {lag}; (committed, end) per partition "
+                             f"{behind}, 5 s later {later}; tiers log:\n{e2e.log_tail('tiers', 15)}")
+    await settle(e2e)
+    assert not e2e.tail.dead_letters(), [
+        (s.topic, s.env.type, s.headers.get("dlq_reason")) for s in e2e.tail.dead_letters()]
+
+    # Tiers' final state equals the pure domain run over what it was given: the published retailer events plus
+    # the referral rewards the referrals service granted/revoked (read back from Kafka).
+    rules = tenant_rules(load_program_files(e2e.programs_dir, "tiers", TiersProgram))[TENANT]
+    stream_customers = set(plan.profiles)
+    inputs = [env for env in stream if env.type in CONSUMED_TYPES] + [
+        s.env for s in e2e.tail.records if s.env.type in CONSUMED_TYPES and s.topic.startswith("loyalty.referral")
+        and s.env.data.customer_id in stream_customers]
+    facts: dict[str, list[Any]] = defaultdict(list)
+    for env in inputs:
+        fact = to_fact(env)
+        if fact is not None:
+            facts[env.data.customer_id].append(fact)
+    assert sum(len(f) for f in facts.values()) > 150, "the stream should give tiers real work"
+    mismatches: list[str] = []
+    for customer, customer_facts in sorted(facts.items()):
+        status = await e2e.get("tiers", f"/tiers/v1/tenants/{TENANT}/customers/{customer}/status")
+        if status.status_code != 200:
+            mismatches.append(f"{customer}: status {status.status_code} {status.text[:200]}")
+            continue
+        body = status.json()
+        as_of = datetime.fromisoformat(body["as_of"])
+        expected = domain.process(rules.program, customer, customer_facts, None, as_of, rules.zone).state
+        expected_tier = rules.program.ladder[expected.tier].id
+        if (body["tier"]["id"], body["points"]) != (expected_tier, expected.points):
+            mismatches.append(f"{customer}: service {body['tier']['id']}/{body['points']} pts, "
+                              f"reference {expected_tier}/{expected.points} pts at {as_of}")
+        ledger = (await e2e.get("tiers", f"/tiers/v1/tenants/{TENANT}/customers/{customer}/ledger")).json()
+        booked = {entry["entry_id"] for entry in ledger["entries"]}
+        missing = {f.event_id for f in customer_facts} - booked
+        if missing:
+            mismatches.append(f"{customer}: {len(missing)} events never booked in the ledger: {sorted(missing)[:3]}")
+    assert not mismatches, f"{len(mismatches)} of {len(facts)} customers differ:\n" + "\n".join(mismatches[:15])
+
+    # Announced tier changes: none twice (a re-processed batch would announce again under a new id), and the last
+    # one per customer is the tier the service holds.
+    changes = [s for s in e2e.tail.of("TierChanged") if s.env.data.customer_id in stream_customers]
+    assert changes, "no TierChanged in a 60-customer stream"
+    keys = Counter((c.env.data.customer_id, c.env.data.from_tier, c.env.data.to_tier, c.env.data.effective_at)
+                   for c in changes)
+    assert not [k for k, n in keys.items() if n > 1], f"tier changes announced twice: {keys.most_common(3)}"
+    last: dict[str, str] = {}
+    for change in sorted(changes, key=lambda c: c.env.data.effective_at):
+        last[change.env.data.customer_id] = change.env.data.to_tier
+    for customer, tier in last.items():
+        status = (await e2e.get("tiers", f"/tiers/v1/tenants/{TENANT}/customers/{customer}/status")).json()
+        assert status["tier"]["id"] == tier, f"{customer}: last announced {tier}, holds {status['tier']['id']}"
+
+    # The sinks: every delivery once, and exactly the deliveries the notifier reported.
+    delivered = [s.env.data for s in e2e.tail.of("NotificationDelivered")]
+    per_key = Counter((d.source_event_id, d.recipient_hash, d.channel) for d in delivered)
+    assert not [k for k, n in per_key.items() if n > 1], f"deliveries reported twice: {per_key.most_common(3)}"
+    for sink in ("email", "sms"):
+        arrived = Counter(m.get("notification_id") for m in e2e.sink(sink))
+        assert not [n for n, count in arrived.items() if count > 1], (
+            f"{sink}: the same notification arrived more than once: {arrived.most_common(3)}")
+        reported = {d.notification_id for d in delivered if d.channel == sink}
+        assert reported <= set(arrived), f"{sink}: reported delivered but never arrived: {reported - set(arrived)}"
+    chats = {p.telegram_chat_id: p.customer_id for p in plan.profiles.values() if p.telegram_chat_id}
+    arrived_telegram = Counter(chats[m["chat_id"]] for m in e2e.sink("telegram") if m["chat_id"] in chats)
+    reported_telegram = Counter(d.customer_id for d in delivered if d.channel == "telegram")
+    assert arrived_telegram == reported_telegram, (
+        f"telegram messages per customer differ from NotificationDelivered: "
+        f"{(arrived_telegram - reported_telegram) or (reported_telegram - arrived_telegram)}")
+    redelivered = sum(1 for n in e2e.tail.copies.values() if n > 1)
+    print(f"\nstream {len(stream)} events ({stats.rate:.0f}/s), tiers killed after {crash_at} with lag "
+          f"{lag_at_crash}, ready again in {restart_s:.1f}s; {len(facts)} customers checked, {len(changes)} tier "
+          f"changes, {len(delivered)} deliveries; records read twice under one id: {redelivered}")
+
+
+async def settle(e2e: E2ESuite, quiet_s: float = 3.0, timeout_s: float = 60.0) -> None:
+    """Wait until nothing new arrives on the result topics or at the sinks for `quiet_s` (senders, timers)."""
+    deadline = time.monotonic() + timeout_s
+    last = (-1, -1)
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        await e2e.tail.poll()
+        now = (len(e2e.tail.records), sum(len(e2e.sink(s)) for s in ("email", "sms", "telegram", "webhook")))
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        await asyncio.sleep(0.5)
