@@ -287,3 +287,24 @@ def subscribed_topics(service: str) -> list[str]:
     else:
         raise KeyError(service)
     return sorted({topic_for(t) for t in types})
+
+
+async def delete_groups(bootstrap: str, groups: Iterable[str]) -> dict[str, int]:
+    """Delete the run's (empty) consumer groups; returns the broker's error code per group (0: deleted).
+
+    aiokafka's admin client has no DeleteGroups call, so the request goes to each group's coordinator directly.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    errors: dict[str, int] = {}
+    try:
+        for group in groups:
+            coordinator = await admin.find_coordinator(group)
+            response = await admin._send_request(DeleteGroupsRequest([group]), coordinator)
+            errors.update({name: code for name, code in response.results})
+    finally:
+        await admin.close()
+    return errors

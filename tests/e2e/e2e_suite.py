@@ -27,8 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from e2e_harness import BackgroundLoop, KafkaTail, OtlpReceiver, start_groups_at_end, subscribed_topics
+from e2e_harness import BackgroundLoop, KafkaTail, OtlpReceiver, delete_groups, start_groups_at_end, subscribed_topics
 from loyalty_contracts.base import Event, Money
 from loyalty_contracts.envelope import Envelope, encode
 from loyalty_contracts.events.retail import PurchaseLine, PurchaseMade
@@ -190,11 +189,4 @@ async def _drop_run_state(bootstrap: str, admin_dsn: str, database: str, groups:
         await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:
         await conn.close()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_consumer_groups(groups)
-    except Exception:  # leftover empty groups are harmless; the database is what matters
-        pass
-    finally:
-        await admin.close()
+    await delete_groups(bootstrap, groups)
