@@ -57,6 +57,7 @@ from loyalty_notifier.store import Attempt, ClaimedDelivery, NewDelivery, Outcom
 log = logging.getLogger(__name__)
 
 FAILED_REASON_DISABLED = "endpoint_disabled"
+CLAIM_LOCK = 0x6E6F7469666965  # "notifie": one advisory lock key for the notifier's claim transactions
 
 
 class Sender:
@@ -152,6 +153,9 @@ class Sender:
         t0 = time.perf_counter()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
+                # Claims (and the budget decisions in them) are serialized across workers and replicas, so the
+                # contact budget is exact; the claim transaction is short, sends of other workers overlap it.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK)
                 claimed = await store.claim_due(conn, limit=self.claim_limit, lease_s=self.lease_s, clock=self.clock)
                 if not claimed:
                     return 0
