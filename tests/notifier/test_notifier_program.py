@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loyalty_kit.programs import ProgramFileInvalid
 from loyalty_notifier.config import load_tenants, missing_secrets, preview
 from loyalty_notifier.signing import (
@@ -272,3 +274,24 @@ def test_verification_rejects_tampering_and_stale_messages() -> None:
 def test_bad_secrets_are_typed_errors(secret: str) -> None:
     with pytest.raises(WebhookSecretError):
         decode_secret(secret)
+
+
+@given(
+    body=st.binary(max_size=2000),
+    msg_id=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=40),
+    keys=st.lists(st.binary(min_size=24, max_size=64), min_size=1, max_size=3),
+    tampered=st.integers(min_value=0, max_value=1999),
+)
+@settings(max_examples=100)
+def test_any_active_secret_verifies_and_any_change_breaks_it(
+    body: bytes, msg_id: str, keys: list[bytes], tampered: int
+) -> None:
+    secrets = ["whsec_" + base64.b64encode(k).decode() for k in keys]
+    header = signature_header(secrets, msg_id, 1_700_000_000, body)
+    for secret in secrets:
+        verify(secret, msg_id=msg_id, timestamp="1700000000", signature=header, body=body, now=1_700_000_000)
+    if body:
+        i = tampered % len(body)
+        changed = body[:i] + bytes([body[i] ^ 1]) + body[i + 1 :]
+        with pytest.raises(WebhookVerificationError):
+            verify(secrets[0], msg_id=msg_id, timestamp="1700000000", signature=header, body=changed, now=1_700_000_000)
