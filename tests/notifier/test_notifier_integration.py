@@ -64,7 +64,9 @@ def notifier_section(smtp_port: int, http: str, **extra: Any) -> dict[str, Any]:
         "routes": {
             "TierChanged": {"template": "tier_changed", "category": "service", "channels": ["email", "telegram"]},
             "SurveyRequested": {"template": "survey_request", "category": "survey", "channels": ["sms", "email"]},
+            "TierProgressMilestone": {"template": "tier_progress", "category": "marketing", "channels": ["email"]},
         },
+        "contact_budget": {"max_messages": 3, "per_days": 7, "marketing_reserve": 1},
         "frequency_caps": [{"category": "survey", "max_messages": 1, "per_days": 14}],
         "webhooks": [
             {
@@ -357,6 +359,30 @@ async def test_frequency_cap_suppresses_and_reports(wall: World) -> None:
             "/notifier/shop/customers/nobody/preferences", headers={"Authorization": "Bearer shop-key"}
         )
         assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
+
+
+async def test_contact_budget_suppresses_marketing_first_never_transactional(wall: World) -> None:
+    t = now()
+    customer = registration("c-budget", t, email="budget@shop.test")
+    customer = customer.model_copy(
+        update={"consents": retail.Consents(transactional=True, service=True, marketing=True, survey=True)}
+    )
+    await wall.register("shop", customer)
+    tier, milestone = sample("loyalty.TierChanged.v1"), sample("loyalty.TierProgressMilestone.v1")
+    sequence = [tier, tier, milestone, tier, tier]  # budget 3 a week, marketing may use only 2 of them
+    outcomes = []
+    for i, event in enumerate(sequence):
+        (env,) = await wall.send("shop", with_customer(event, "c-budget", t + timedelta(seconds=i + 1)))
+        (outcome,) = await wall.outcomes(env.id)
+        outcomes.append((type(outcome).event_type, getattr(outcome, "reason", None)))
+    assert outcomes == [
+        ("NotificationDelivered", None),
+        ("NotificationDelivered", None),
+        ("NotificationSuppressed", "contact_budget"),  # the reserved slot is not marketing's
+        ("NotificationDelivered", None),  # ... but service still fits
+        ("NotificationSuppressed", "contact_budget"),  # the budget is spent
+    ]
+    assert len(wall.smtp.to("budget@shop.test")) == 3
 
 
 async def test_unknown_customer_and_no_consent_are_suppressed_with_reasons(wall: World) -> None:

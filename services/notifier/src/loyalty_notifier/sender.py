@@ -369,7 +369,8 @@ class Sender:
                 released.append((d.tenant, d.customer_id, d.source_event_id))
         await store.record_outcomes(conn, outcomes)
         await store.log_attempts(conn, attempts)
-        await store.insert_deliveries(conn, failovers)
+        if await store.insert_deliveries(conn, failovers):
+            self._wake.set()  # the next channel is due now: do not wait for the poll interval
         await store.release_contacts(conn, released)
         await store.save_endpoint_health(conn, changed_health)
         return records
