@@ -50,7 +50,7 @@ from loyalty_contracts.events.retail import (
 from loyalty_kit.batch import BatchProcessor
 from loyalty_kit.settings import ServiceSettings
 from loyalty_kit.testing import fresh_database, publish_raw
-from loyalty_kit.topics import ensure_topics
+from loyalty_kit.topics import delete_topics_with_prefix, ensure_topics
 from loyalty_referrals.app import build
 from loyalty_referrals.domain import derive_code
 
@@ -182,23 +182,29 @@ async def run_referrals_pipeline(
     app = build(settings, environ={"ACME_DIY_REFERRAL_SECRET": SECRET})
     started: list[float] = []
     consumed = [0]
-    original = BatchProcessor.process
+    original = BatchProcessor.finish
 
-    async def timed(self: BatchProcessor, batch_records: Any) -> Any:
+    async def timed(self: BatchProcessor, prepared: Any) -> Any:
         if not started:
             started.append(time.perf_counter())
-        outcome = await original(self, batch_records)
-        consumed[0] += len(batch_records)
+        outcome = await original(self, prepared)
+        consumed[0] += len(prepared.records)
         return outcome
 
     # Patched before start so the very first batch is counted (the consumer starts inside app.start()).
-    BatchProcessor.process = timed  # type: ignore[method-assign]
+    # finish() is the kit's DB stage: it returns once the batch is committed (or dead-lettered).
+    BatchProcessor.finish = timed  # type: ignore[method-assign]
     try:
         await app.start()
+        print("referrals service started", file=sys.stderr)
         assert app.pool is not None
+        last_report = time.monotonic()
         while True:
             if consumed[0] >= len(records) and await app.pool.fetchval("SELECT count(*) FROM outbox") == 0:
                 break
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                print(f"  ... {consumed[0]} of {len(records)} consumed", file=sys.stderr)
             await asyncio.sleep(0.02)
         ended = time.perf_counter()
         stats = {
@@ -216,8 +222,9 @@ async def run_referrals_pipeline(
         }
         return PipelineResult("referrals", len(records), ended - started[0], batch), stats
     finally:
-        BatchProcessor.process = original  # type: ignore[method-assign]
+        BatchProcessor.finish = original  # type: ignore[method-assign]
         await app.stop()
+        await delete_topics_with_prefix(bootstrap, prefix)
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:

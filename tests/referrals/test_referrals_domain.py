@@ -496,3 +496,37 @@ def test_funnel_rates_and_median() -> None:
     assert funnel({s: 0 for s in result.counts}, []).median_days_to_convert is None
     with pytest.raises(ValueError, match="lack"):
         funnel({"invited": 1}, [])
+
+
+# ------------------------------------------------------------------------------------------------ arrival order
+
+
+def test_refund_arriving_before_the_decision_rejects_it() -> None:
+    book = new_book()
+    register(book, "bob", T0 + days(2))
+    purchase(book, "bob", T0 + days(3), order_id="o-1")
+    assert refund(book, "bob", "o-1", T0 + days(4)) == []  # no referral yet: remembered
+    effects = invite(book, "alice", "h-bob", T0 + days(1))  # the invitation arrives late
+    assert [e.reason for e in effects] == [RejectReason.FIRST_ORDER_REFUNDED]
+
+
+def test_refund_arriving_before_its_purchase_is_remembered() -> None:
+    book = new_book()
+    register(book, "alice", T0)
+    register(book, "bob", T0 + days(1), code=code_of("alice"))
+    refund(book, "bob", "o-1", T0 + days(4), full=False, amount=2500)  # partial: 2500 of 5000 back
+    effects = purchase(book, "bob", T0 + days(3), order_id="o-1", total=5000)
+    assert [e.reason for e in effects] == [RejectReason.FIRST_ORDER_REFUNDED]
+
+
+def test_partial_early_refund_that_keeps_the_minimum_still_converts() -> None:
+    book = new_book()
+    register(book, "alice", T0)
+    register(book, "bob", T0 + days(1), code=code_of("alice"))
+    refund(book, "bob", "o-1", T0 + days(4), full=False, amount=1000)
+    effects = purchase(book, "bob", T0 + days(3), order_id="o-1", total=5000)
+    assert isinstance(effects[0], Converted)
+    assert book.referrals["bob"].refunded_minor == 1000
+    assert [e.reason for e in refund(book, "bob", "o-1", T0 + days(5), full=False, amount=1500)] == [
+        RejectReason.FIRST_ORDER_REFUNDED
+    ]

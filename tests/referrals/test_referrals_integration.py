@@ -73,6 +73,7 @@ async def app(
         kafka_bootstrap,
         [settings.topic_prefix + t for t in topics_produced_by("referrals")],
         prefix=settings.topic_prefix,
+        partitions=settings.topic_partitions,
     )
     return build(settings, environ={"ACME_DIY_REFERRAL_SECRET": SECRET})
 

@@ -297,6 +297,9 @@ class Customer:
     shipping_addresses: frozenset[str] = frozenset()
     first_order: FirstOrder | None = None
     code: str | None = None
+    # Refunds seen before this customer's referral was decided, by order id: (amount, full). They may
+    # arrive before the purchase itself (another topic); the decision takes them into account.
+    early_refunds: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -612,6 +615,7 @@ class ReferralBook:
         assert claim is not None
         value = purchase.value_minor
         verdict = self.rejection_reason(referee, claim, purchase)
+        already_refunded = min(value, referee.early_refunds.get(purchase.order_id, (0, False))[0])
         reason, detail = verdict if verdict is not None else (None, "")
         referral = Referral(
             referral_id=referral_id_for(self.tenant, referee.customer_id),
@@ -625,6 +629,7 @@ class ReferralBook:
             status=ReferralStatus.HELD,
             reason=reason,
             reason_detail=detail,
+            refunded_minor=already_refunded,
             rewards={
                 role: Reward(
                     role,
@@ -689,6 +694,9 @@ class ReferralBook:
             return RejectReason.OUTSIDE_ATTRIBUTION_WINDOW, f"first purchase after {rules.conversion_window_days} days"
         if value < rules.min_first_order_minor:
             return RejectReason.BELOW_MINIMUM_ORDER, f"qualifying value {value} < {rules.min_first_order_minor}"
+        refunded, full = referee.early_refunds.get(purchase.order_id, (0, False))
+        if full or value - refunded < rules.min_first_order_minor:
+            return RejectReason.FIRST_ORDER_REFUNDED, "refunded before the referral was decided"
         if referee.customer_id in self.ancestors(claim.referrer_id):
             return RejectReason.REFERRAL_CYCLE, "the referee is up the referrer's referral chain"
         if referrer.contact_hashes & referee.contact_hashes:
@@ -750,7 +758,13 @@ class ReferralBook:
 
     def on_refund(self, refund: Refund) -> list[Effect]:
         referral = self.referrals.get(refund.customer_id)
-        if referral is None or referral.order_id != refund.order_id:
+        if referral is None:
+            customer = self.customer(refund.customer_id)
+            amount, full = customer.early_refunds.get(refund.order_id, (0, False))
+            customer.early_refunds[refund.order_id] = (amount + refund.amount_minor, full or refund.full)
+            self.dirty_customers.add(customer.customer_id)
+            return []
+        if referral.order_id != refund.order_id:
             return []
         if referral.status in (ReferralStatus.REJECTED, ReferralStatus.REVOKED):
             return []

@@ -68,6 +68,7 @@ def _customer(row: asyncpg.Record) -> Customer:
             row["first_order_address"],
         ),
         code=row["code"],
+        early_refunds={k: (v[0], v[1]) for k, v in json.loads(row["early_refunds"]).items()},
     )
 
 
@@ -280,21 +281,22 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
             """
             INSERT INTO customers AS c (tenant, customer_id, registered_at, contact_hashes, email_domain,
                 payment_fingerprints, shipping_addresses, first_order_id, first_order_at, first_order_value,
-                first_order_payment, first_order_address, code)
+                first_order_payment, first_order_address, code, early_refunds)
             SELECT $1, x.customer_id, x.registered_at, x.contact_hashes, x.email_domain, x.payment_fingerprints,
                 x.shipping_addresses, x.first_order_id, x.first_order_at, x.first_order_value,
-                x.first_order_payment, x.first_order_address, x.code
+                x.first_order_payment, x.first_order_address, x.code, x.early_refunds
             FROM jsonb_to_recordset($2::jsonb) AS x(customer_id text, registered_at timestamptz,
                 contact_hashes text[], email_domain text, payment_fingerprints text[], shipping_addresses text[],
                 first_order_id text, first_order_at timestamptz, first_order_value bigint,
-                first_order_payment text, first_order_address text, code text)
+                first_order_payment text, first_order_address text, code text, early_refunds jsonb)
             ON CONFLICT (tenant, customer_id) DO UPDATE SET
                 registered_at = EXCLUDED.registered_at, contact_hashes = EXCLUDED.contact_hashes,
                 email_domain = EXCLUDED.email_domain, payment_fingerprints = EXCLUDED.payment_fingerprints,
                 shipping_addresses = EXCLUDED.shipping_addresses, first_order_id = EXCLUDED.first_order_id,
                 first_order_at = EXCLUDED.first_order_at, first_order_value = EXCLUDED.first_order_value,
                 first_order_payment = EXCLUDED.first_order_payment,
-                first_order_address = EXCLUDED.first_order_address, code = COALESCE(c.code, EXCLUDED.code)
+                first_order_address = EXCLUDED.first_order_address, code = COALESCE(c.code, EXCLUDED.code),
+                early_refunds = EXCLUDED.early_refunds
             """,
             tenant,
             json.dumps(
@@ -312,6 +314,7 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
                         "first_order_payment": c.first_order.payment_fingerprint if c.first_order else None,
                         "first_order_address": c.first_order.shipping_address if c.first_order else None,
                         "code": c.code,
+                        "early_refunds": {k: [a, f] for k, (a, f) in c.early_refunds.items()},
                     }
                     for c in customers
                 ]
