@@ -385,6 +385,24 @@ async def test_contact_budget_suppresses_marketing_first_never_transactional(wal
     assert len(wall.smtp.to("budget@shop.test")) == 3
 
 
+async def test_read_api_preview_and_deliveries(wall: World) -> None:
+    auth = {"Authorization": "Bearer shop-key"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
+        ru = await api.get("/notifier/shop/preview", params={"event_type": "TierChanged", "locale": "ru"}, headers=auth)
+        assert ru.status_code == 200 and "Здравствуйте" in ru.json()["text"]
+        bad = await api.get("/notifier/shop/preview", params={"event_type": "Nope", "locale": "en"}, headers=auth)
+        assert bad.status_code == 422 and "TierChanged" in bad.json()["detail"]
+        missing = await api.get("/notifier/shop/preview", params={"locale": "en"}, headers=auth)
+        assert missing.status_code == 422
+        listed = await api.get("/notifier/shop/customers/c-mail/deliveries", headers=auth)
+        (row,) = listed.json()
+        assert row["status"] == "delivered" and row["channel"] == "email"
+        assert "@" not in row["recipient_hash"] and len(row["recipient_hash"]) == 64
+        assert (
+            "/notifier/{tenant}/customers/{customer_id}/deliveries" in (await api.get("/openapi.json")).json()["paths"]
+        )
+
+
 async def test_unknown_customer_and_no_consent_are_suppressed_with_reasons(wall: World) -> None:
     (tier,) = await wall.send("shop", with_customer(sample("loyalty.TierChanged.v1"), "c-ghost", now()))
     (ghost,) = await wall.outcomes(tier.id)
