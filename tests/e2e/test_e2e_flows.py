@@ -198,7 +198,12 @@ async def test_crashing_tiers_mid_stream_loses_nothing_and_sends_nothing_twice(e
 
     async def crash_and_restart_tiers() -> float:
         await reached.wait()
-        lag_at_crash.update(await consumer_lag(e2e.bootstrap, [e2e.groups["tiers"]]))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # crash while tiers has records it has not committed yet
+            lag_at_crash.update(await consumer_lag(e2e.bootstrap, [e2e.groups["tiers"]]))
+            if any(lag_at_crash.values()):
+                break
+            await asyncio.sleep(0.05)
         await asyncio.to_thread(e2e.procs.kill, "tiers")  # SIGKILL: no shutdown, whatever was in flight
         started = time.monotonic()
         await e2e.start_service("tiers")
@@ -208,6 +213,7 @@ async def test_crashing_tiers_mid_stream_loses_nothing_and_sends_nothing_twice(e
     stats = await publish_stream(e2e.bootstrap, stream, rate=30, progress_cb=on_progress)
     restart_s = await asyncio.wait_for(restart, 150)
     assert stats.published == len(stream)
+    assert any(lag_at_crash.values()), "tiers was never behind during the stream: the crash interrupted nothing"
     e2e.now = max(e2e.now, max(env.time for env in stream))
 
     # Every retailer event consumed by every service: the run's groups have no lag left.
@@ -286,9 +292,13 @@ async def test_crashing_tiers_mid_stream_loses_nothing_and_sends_nothing_twice(e
         f"telegram messages per customer differ from NotificationDelivered: "
         f"{(arrived_telegram - reported_telegram) or (reported_telegram - arrived_telegram)}")
     redelivered = sum(1 for n in e2e.tail.copies.values() if n > 1)
+    metrics = (await e2e.get("tiers", "/metrics")).text
+    reread = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                 if line.startswith("loyalty_events_duplicate_total"))
     print(f"\nstream {len(stream)} events ({stats.rate:.0f}/s), tiers killed after {crash_at} with lag "
           f"{lag_at_crash}, ready again in {restart_s:.1f}s; {len(facts)} customers checked, {len(changes)} tier "
-          f"changes, {len(delivered)} deliveries; records read twice under one id: {redelivered}")
+          f"changes, {len(delivered)} deliveries; result records on Kafka twice under one id: {redelivered}; "
+          f"events the restarted tiers re-read and its inbox skipped: {reread:.0f}")
 
 
 async def settle(e2e: E2ESuite, quiet_s: float = 3.0, timeout_s: float = 60.0) -> None:
