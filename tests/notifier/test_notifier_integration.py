@@ -205,8 +205,12 @@ async def night(
                     "default": [
                         {"step": "day0_thanks", "after_days": 0, "template": "onboarding_day0"},
                         {"step": "day7_beginner_answers", "after_days": 7, "template": "onboarding_day7"},
-                    ]
+                    ],
+                    "active_makers": [
+                        {"step": "active_makers_welcome", "after_days": 0, "template": "onboarding_active"}
+                    ],
                 },
+                "branches": [{"when_categories": ["drill_bits"], "to_path": "active_makers"}],
                 "triggers": [
                     {
                         "when_categories": ["tools"],
@@ -558,3 +562,32 @@ async def test_journey_steps_fire_in_event_time_and_at_most_once(night: World) -
         ("first_tool_check", "planned"),
     ]
     assert purchase.id  # the journey's source event
+
+
+async def test_journey_branches_on_a_later_purchase_and_skips_the_old_path(night: World) -> None:
+    start = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+    await night.register("night", registration("c-branch", start - timedelta(minutes=5), email="branch@shop.test"))
+    first = with_customer(sample("loyalty.PurchaseMade.v1"), "c-branch", start)
+    first = first.model_copy(update={"lines": [first.lines[0].model_copy(update={"category": "paint"})]})
+    await night.send("night", first)
+    await wait_until(lambda: len(night.smtp.to("branch@shop.test")) >= 1, within_s=30)
+    again = with_customer(sample("loyalty.PurchaseMade.v1"), "c-branch", start + timedelta(days=1))
+    again = again.model_copy(
+        update={"order_id": "order-2", "lines": [again.lines[1].model_copy(update={"category": "drill_bits"})]}
+    )
+    await night.send("night", again)
+    await wait_until(lambda: len(night.smtp.to("branch@shop.test")) >= 2, within_s=30)
+    assert "active makers" in night.smtp.to("branch@shop.test")[1]["Subject"]
+    await tick(night, start + timedelta(days=7, minutes=1))
+
+    async def skipped() -> bool:
+        rows = await night.sql(
+            "SELECT 1 FROM suppressions WHERE customer_id = 'c-branch' AND reason = 'journey_path_changed'"
+        )
+        return bool(rows)
+
+    await wait_until(skipped, within_s=30)  # day 7 of the default path is not for active makers
+    await asyncio.sleep(0.5)
+    assert len(night.smtp.to("branch@shop.test")) == 2
+    (state,) = await night.sql("SELECT path FROM journeys WHERE customer_id = 'c-branch'")
+    assert state["path"] == "active_makers"
