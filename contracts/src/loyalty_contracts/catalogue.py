@@ -98,7 +98,8 @@ _CONSUMED_BY: dict[str, tuple[str, ...]] = {
         "PurchaseMade",
         "PurchaseRefunded",
         "ReviewLeft",
-        "ReferralConverted",
+        # Not ReferralConverted: the friend bonus is booked from ReferralRewardGranted (kind=points), so a
+        # reward rejected for fraud or clawed back never earns status points.
         "SurveyAnswered",
         "CommunityActivity",
         "ReferralRewardGranted",

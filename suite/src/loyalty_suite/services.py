@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import secrets
@@ -35,7 +36,7 @@ class ServiceProcess:
 
 
 def secret_env_names(programs_dir: Path) -> set[str]:
-    """Environment variables the program files reference for secrets (keys ending in ``_env``)."""
+    """Environment variables the program files reference for secrets (keys ending in ``_env`` / ``_envs``)."""
     names: set[str] = set()
 
     def walk(node: object) -> None:
@@ -43,6 +44,8 @@ def secret_env_names(programs_dir: Path) -> set[str]:
             for key, value in node.items():
                 if isinstance(key, str) and key.endswith("_env") and isinstance(value, str):
                     names.add(value)
+                elif isinstance(key, str) and key.endswith("_envs") and isinstance(value, list):
+                    names.update(v for v in value if isinstance(v, str))
                 walk(value)
         elif isinstance(node, list):
             for item in node:
@@ -51,6 +54,13 @@ def secret_env_names(programs_dir: Path) -> set[str]:
     for path in sorted(programs_dir.glob("*.yaml")):
         walk(yaml.safe_load(path.read_text()))
     return {n for n in names if re.fullmatch(r"[A-Z_][A-Z0-9_]*", n)}
+
+
+def random_secret_for(name: str) -> str:
+    """A fresh secret for a variable a program names; webhook signing secrets use the Standard Webhooks form."""
+    if "WEBHOOK" in name:
+        return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    return secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -69,7 +79,7 @@ class SuiteProcesses:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
         # Secrets the programs reference get a per-run random value unless the caller provides one.
         for name in secret_env_names(self.programs_dir):
-            env.setdefault(name, secrets.token_urlsafe(32))
+            env.setdefault(name, random_secret_for(name))
         env.update({
             "LOYALTY_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "LOYALTY_PG_ADMIN_DSN": self.pg_admin_dsn,
