@@ -451,6 +451,9 @@ class ReferralBook:
     new_invitations: list[Invitation] = field(default_factory=list)
     new_claims: list[Claim] = field(default_factory=list)
     dirty_referrals: set[str] = field(default_factory=set)  # referee ids
+    # Lookup indexes by contact hash, built on first use (the loader fills the dicts above directly).
+    _customers_by_hash: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
+    _invitations_by_hash: dict[str, list[Invitation]] | None = field(default=None, init=False, repr=False)
 
     # -- helpers
 
@@ -468,6 +471,21 @@ class ReferralBook:
             if referral.referral_id == referral_id:
                 return referral
         return None
+
+    def customers_with_hash(self, contact_hash: str) -> list[Customer]:
+        if self._customers_by_hash is None:
+            self._customers_by_hash = {}
+            for customer in self.customers.values():
+                for h in customer.contact_hashes:
+                    self._customers_by_hash.setdefault(h, set()).add(customer.customer_id)
+        return [self.customers[c] for c in sorted(self._customers_by_hash.get(contact_hash, ()))]
+
+    def invitations_for(self, contact_hash: str) -> list[Invitation]:
+        if self._invitations_by_hash is None:
+            self._invitations_by_hash = {}
+            for invitation in self.invitations.values():
+                self._invitations_by_hash.setdefault(invitation.contact_hash, []).append(invitation)
+        return self._invitations_by_hash.get(contact_hash, [])
 
     def ancestors(self, customer_id: str) -> set[str]:
         """Everyone up the paying referral chain of a customer (bounded: the map may hold a cycle)."""
@@ -523,6 +541,9 @@ class ReferralBook:
             return effects  # a second registration of a known customer changes nothing
         customer.registered_at = reg.at
         customer.contact_hashes = customer.contact_hashes | reg.contact_hashes
+        if self._customers_by_hash is not None:
+            for h in reg.contact_hashes:
+                self._customers_by_hash.setdefault(h, set()).add(customer.customer_id)
         customer.email_domain = reg.email_domain.lower() if reg.email_domain else None
         self.dirty_customers.add(customer.customer_id)
         if new_code is not None:
@@ -535,7 +556,8 @@ class ReferralBook:
                 )
             else:
                 self._add_claim(Claim(reg.customer_id, referrer, ClaimSource.CODE_AT_REGISTRATION, reg.at))
-        for invitation in self.invitations.values():
+        matching = [inv for h in sorted(customer.contact_hashes) for inv in self.invitations_for(h)]
+        for invitation in matching:
             claim = self._invitation_claims(customer, invitation)
             if claim is not None:
                 self._add_claim(claim)
@@ -546,9 +568,11 @@ class ReferralBook:
             return []
         self.invitations[invitation.invitation_id] = invitation
         self.new_invitations.append(invitation)
+        if self._invitations_by_hash is not None:
+            self._invitations_by_hash.setdefault(invitation.contact_hash, []).append(invitation)
         # The invitee may already have registered, even bought (their events travel on other partitions).
         effects: list[Effect] = []
-        for customer in list(self.customers.values()):
+        for customer in self.customers_with_hash(invitation.contact_hash):
             claim = self._invitation_claims(customer, invitation)
             if claim is not None:
                 self._add_claim(claim)
