@@ -14,7 +14,9 @@ Before each tiers run (not timed) a fresh database is seeded with COPY: every cu
 earlier purchase (70 % at 300 points, 20 % at 450, 10 % at 920), so the new purchase (~114 points) is a
 no-op for most, crosses the 50 % milestone for some and promotes 10 % to "maker" (TierChanged + a check
 timer). Input events are spread over all customers. The clock runs from the first consumed batch until every
-event is applied and the outbox is empty. RSS is sampled from /proc during the run (the whole bench process).
+event is applied and the outbox is empty. RSS is sampled from /proc during the run (the whole bench process);
+"CPU us/event" is this process's CPU time over the run per event (service + bench loop; Postgres and Kafka
+are other processes), a steadier figure than events/s on a shared machine.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class TiersResult:
     emitted: int
     peak_rss_mb: float
     seed_seconds: float
+    cpu_seconds: float  # CPU time of this process (service + bench loop) during the timed run
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.cpu_seconds / self.events * 1e6
 
     @property
     def per_second(self) -> float:
@@ -141,6 +148,8 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
         # timed run does not pay the one-off cost of first touching a million just-copied rows.
         await conn.execute("VACUUM (ANALYZE) tiers.ledger")
         await conn.execute("VACUUM (ANALYZE) tiers.customers")
+        # Flush the seed's WAL now rather than in a checkpoint during the timed run (needs a superuser DSN).
+        await conn.execute("CHECKPOINT")
 
 
 async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batch: int) -> TiersResult:
@@ -169,6 +178,7 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
         )
         app, _ = build_app(settings)
         started: list[float] = []
+        cpu_started: list[float] = []
         applied = [0]
         peak = [rss_mb()]
         original_prepare, original_finish = BatchProcessor.prepare, BatchProcessor.finish
@@ -178,6 +188,7 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
         def timed_prepare(self: BatchProcessor, records: Any) -> Any:
             if not started:
                 started.append(time.perf_counter())
+                cpu_started.append(time.process_time())
             return original_prepare(self, records)
 
         async def counted_finish(self: BatchProcessor, batch: Any) -> Any:
@@ -197,12 +208,13 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
                         break
                     await asyncio.sleep(0.02)
                 ended = time.perf_counter()
+                cpu_ended = time.process_time()
                 emitted = app.relay.published_total
         finally:
             BatchProcessor.prepare = original_prepare  # type: ignore[method-assign]
             BatchProcessor.finish = original_finish  # type: ignore[method-assign]
             await app.stop()
-    return TiersResult(customers, n, ended - started[0], emitted, peak[0], seed_seconds)
+    return TiersResult(customers, n, ended - started[0], emitted, peak[0], seed_seconds, cpu_ended - cpu_started[0])
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -220,12 +232,12 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
             limit = await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch)
         results = [await run_tiers(bootstrap, admin_dsn, n, c, args.batch) for c in counts]
     print(f"{'pipeline':<16} {'events':>8} {'batch':>6} {'seconds':>8} {'events/s':>10} {'vs limit':>9} "
-          f"{'emitted':>8} {'peak RSS MB':>12} {'seed s':>7}")
+          f"{'emitted':>8} {'peak RSS MB':>12} {'seed s':>7} {'CPU us/event':>13}")
     print(f"{'limit':<16} {limit.events:>8} {limit.batch:>6} {limit.seconds:>8.2f} {limit.per_second:>10.0f}")
     for r in results:
         print(f"{'tiers ' + str(r.customers):<16} {r.events:>8} {args.batch:>6} {r.seconds:>8.2f} "
               f"{r.per_second:>10.0f} {r.per_second / limit.per_second:>9.0%} {r.emitted:>8} "
-              f"{r.peak_rss_mb:>12.0f} {r.seed_seconds:>7.1f}")
+              f"{r.peak_rss_mb:>12.0f} {r.seed_seconds:>7.1f} {r.cpu_us_per_event:>13.0f}")
     if len(results) >= 2:
         first, last = results[0], results[-1]
         print(f"tiers at {last.customers} customers vs {first.customers}: "
@@ -236,6 +248,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         **{f"tiers_{r.customers}_per_s": round(r.per_second) for r in results},
         **{f"tiers_{r.customers}_vs_limit": round(r.per_second / limit.per_second, 3) for r in results},
         **{f"tiers_{r.customers}_peak_rss_mb": round(r.peak_rss_mb) for r in results},
+        **{f"tiers_{r.customers}_cpu_us_per_event": round(r.cpu_us_per_event) for r in results},
     }
     if args.json:
         print(json.dumps(result))
