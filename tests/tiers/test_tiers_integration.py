@@ -274,6 +274,14 @@ async def test_recalculation_emits_only_changes(env: Env) -> None:
         with pytest.raises(RecalculationError, match=r"tiers\.version is 2, not 3"):
             await recalculate(TENANT, 3, settings=env.settings)
 
+        # This process still runs version 1: it must not silently undo the recalculation for r2.
+        async with TopicReader(env.bootstrap, app.dlq_topic) as dlq:
+            await publish(env.bootstrap, [purchase("r2", T0 + timedelta(days=1), "o-r2b", 5)], topic_prefix=prefix)
+            [dead] = await dlq.wait_for(1, within_s=30)
+        headers = dict(dead.headers)
+        assert headers["dlq_reason"] == b"handler_failed"
+        assert b"StaleProgramVersion" in headers["dlq_error"] and b"version 2" in headers["dlq_error"]
+
 
 async def test_refund_before_its_purchase_becomes_a_new_ledger_revision(env: Env) -> None:
     app, _ = build_app(env.settings)

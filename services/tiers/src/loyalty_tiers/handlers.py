@@ -54,6 +54,14 @@ class UnknownTenant(Exception):
     pass
 
 
+class StaleProgramVersion(Exception):
+    """This process runs an older program version than a customer's stored status (recalculated since).
+
+    Applying the older rules would silently undo the recalculation, so the events are refused instead (the
+    kit dead-letters them with this message); restart the service with the new program file, then replay.
+    """
+
+
 def to_fact(env: Envelope) -> domain.Fact | None:
     """The domain's view of a consumed event; None for events that carry no status points."""
     data = env.data
@@ -173,6 +181,11 @@ async def apply_customers(
     timers_to_schedule: list[tuple[str, str, datetime, dict[str, str], str]] = []
     for customer_id in customers:
         before = stored.get(customer_id)
+        if before is not None and before.program_version > program.version:
+            raise StaleProgramVersion(
+                f"tenant {tenant}: customer {customer_id} is on tiers program version {before.program_version} "
+                f"but this process runs version {program.version}; restart it with the new program file"
+            )
         facts = list(before.facts) if before is not None else []
         seen = {f.event_id for f in facts}
         cause: Envelope | None = None
