@@ -481,6 +481,37 @@ async def test_lost_leases_resend_webhooks_but_never_emails(wall: World) -> None
     assert [r.data["id"] for r in wall.http.webhooks].count("msg_lease") == 1
 
 
+async def test_prune_forgets_only_old_finished_rows(wall: World) -> None:
+    rows = [
+        ("old-done", "delivered", "40 days"),
+        ("old-pending", "pending", "40 days"),
+        ("new-done", "delivered", "1 day"),
+    ]
+    for source, status, age in rows:
+        await wall.sql(
+            f"""
+            INSERT INTO deliveries (tenant, customer_id, notification_id, source_event_id, source_event_type, channel,
+                                    recipient, category, template, locale, time_zone, content, status, due_at,
+                                    source_time, finished_at)
+            VALUES ('shop', 'c-prune', $1, $1, 't', 'email', 'p@shop.test', 'service', 't', 'en', 'UTC', '{{}}', $2,
+                    now() + interval '100 days', now(), now() - interval '{age}')
+            """,
+            source,
+            status,
+        )
+    await wall.sql(
+        "INSERT INTO contact_log VALUES ('shop', 'c-prune', 'old-done', 'service', now() - interval '40 days'), "
+        "('shop', 'c-prune', 'new-done', 'service', now() - interval '3 days')"
+    )
+    assert wall.app.sender is not None
+    removed = await wall.app.sender.prune()
+    assert removed["deliveries"] >= 1 and removed["contact_log"] >= 1
+    left = await wall.sql("SELECT source_event_id FROM deliveries WHERE customer_id = 'c-prune' ORDER BY 1")
+    assert [r["source_event_id"] for r in left] == ["new-done", "old-pending"]
+    contacts = await wall.sql("SELECT source_event_id FROM contact_log WHERE customer_id = 'c-prune'")
+    assert [r["source_event_id"] for r in contacts] == ["new-done"]  # inside the 7-day budget window
+
+
 # ------------------------------------------------------------------------------------------- event clock
 
 NIGHT = datetime(2026, 3, 2, 20, 30, tzinfo=UTC)  # 21:30 in Berlin: inside 21:00-08:00

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,8 @@ class NotifierSettings(ServiceSettings):
     # Sender loops in this process (claims are serialized; more loops overlap claim/record with sends, but
     # on 2 cores the benchmark showed no gain: sending is CPU-bound).
     sender_workers: int = 1
+    # Finished deliveries are the never-twice key while their source events can be replayed (input retention).
+    deliveries_retention_days: int = 35
     check_secrets: bool = True
 
 
@@ -106,6 +109,7 @@ class NotifierApp(ServiceApp):
             concurrency=s.sender_concurrency,
             poll_interval_s=s.sender_poll_interval_s,
             on_outcome=on_outcome,
+            retention=timedelta(days=s.deliveries_retention_days),
         )
         # Registered with the kit's background tasks: readiness reports it if it stops, stop() cancels it.
         for worker in range(max(1, s.sender_workers)):

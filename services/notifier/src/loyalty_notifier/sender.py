@@ -77,6 +77,7 @@ class Sender:
         concurrency: int = 64,
         poll_interval_s: float = 0.5,
         rnd: Callable[[], float] = random.random,
+        retention: timedelta = timedelta(days=35),
         on_outcome: Callable[[str, str, float | None], None] | None = None,
     ) -> None:
         self.pool = pool
@@ -91,6 +92,8 @@ class Sender:
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.rnd = rnd
+        self.retention = retention
+        self._last_prune = 0.0
         # (channel, outcome, seconds from the source event to delivery) → metrics
         self.on_outcome = on_outcome or (lambda channel, outcome, latency: None)
         self._gate = asyncio.Semaphore(concurrency)
@@ -113,6 +116,12 @@ class Sender:
                 with contextlib.suppress(Exception):
                     await listener.remove_listener(DELIVERIES_CHANNEL, self._on_notify)
 
+    async def prune(self) -> dict[str, int]:
+        windows = [t.budget.per_days for t in self.tenants.values() if t.budget]
+        windows += [c.per_days for t in self.tenants.values() for c in t.caps]
+        async with self.pool.acquire() as conn:
+            return await store.prune(conn, self.retention, timedelta(days=max([1, *windows]) + 1))
+
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
@@ -121,6 +130,9 @@ class Sender:
         while True:
             self._wake.clear()
             try:
+                if time.monotonic() - self._last_prune > 3600:
+                    await self.prune()
+                    self._last_prune = time.monotonic()
                 await self.recover_lost_leases()
                 while await self.send_due() >= self.claim_limit:
                     pass

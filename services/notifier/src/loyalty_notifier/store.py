@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -555,3 +555,18 @@ async def resend_failed(
     if rows:
         await conn.execute("SELECT pg_notify('loyalty_notifier_deliveries', '')")
     return sorted(r["notification_id"] for r in rows)
+
+
+async def prune(conn: asyncpg.Connection, older_than: timedelta, contacts_older_than: timedelta) -> dict[str, int]:
+    """Forget finished deliveries (with their attempts) and suppressions older than the replay window (the
+    input topics' retention: a replay cannot bring their source events back), and contact-log entries older
+    than the longest budget or cap window."""
+    removed = {}
+    for table, column, extra, age in (
+        ("deliveries", "finished_at", "AND status <> 'pending' AND status <> 'sending'", older_than),
+        ("suppressions", "at", "", older_than),
+        ("contact_log", "sent_at", "", contacts_older_than),
+    ):
+        status = await conn.execute(f"DELETE FROM {table} WHERE {column} < now() - $1::interval {extra}", age)
+        removed[table] = int(status.split()[-1])
+    return removed
