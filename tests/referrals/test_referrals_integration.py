@@ -302,3 +302,24 @@ async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceA
 
 async def _nonempty(fetch: Any) -> bool:
     return bool(await fetch())
+
+
+async def test_code_consumed_before_its_owner_registration_still_attributes(
+    app: ServiceApp, kafka_bootstrap: str
+) -> None:
+    """A replay or a lagging partition delivers the friend's registration (with the code) first."""
+    prefix = app.settings.topic_prefix
+    outputs = [prefix + t for t in topics_produced_by("referrals")]
+    async with running(app), TopicReader(kafka_bootstrap, *outputs) as reader:
+        out = Output(reader)
+        await publish(kafka_bootstrap, [registered("hana", day(2), code=code("ivan"))], topic_prefix=prefix)
+        await out.wait("ReferralCodeIssued", 1)
+        assert app.pool is not None
+        assert await app.pool.fetchval("SELECT count(*) FROM pending_codes") == 1
+        await publish(kafka_bootstrap, [registered("ivan", day(0))], topic_prefix=prefix)  # registered earlier
+        await out.wait("ReferralCodeIssued", 2)
+        assert await app.pool.fetchval("SELECT count(*) FROM pending_codes") == 0
+        await publish(kafka_bootstrap, [purchased("hana", "o-hana", day(3))], topic_prefix=prefix)
+        converted = await out.wait("ReferralConverted", 1)
+        assert (converted[0].referrer_id, converted[0].referee_id) == ("ivan", "hana")
+        assert out.of("ReferralRejected") == []

@@ -67,16 +67,17 @@ def test_attribution_does_not_depend_on_arrival_order(
         referral_code=code_of(purchase_code_referrer) if purchase_code_referrer else None,
     )
 
+    # The referrers registered long before, but their registrations may be consumed in any order too.
+    referrer_registrations = [
+        Registration(referrer, T0 - days(100), frozenset({f"h-{referrer}"})) for referrer in REFERRERS
+    ]
+
     def outcome(arrivals: list[Invitation | Registration | Purchase]) -> tuple:
         book = new_book()
-        for referrer in REFERRERS:  # referrers registered long before and already have codes
-            book.on_registered(
-                Registration(referrer, T0 - days(100), frozenset({f"h-{referrer}"})), new_code=code_of(referrer)
-            )
         effects = []
         for item in arrivals:
             if isinstance(item, Registration):
-                effects += book.on_registered(item, new_code=code_of("bob"))
+                effects += book.on_registered(item, new_code=code_of(item.customer_id))
             elif isinstance(item, Purchase):
                 effects += book.on_purchase(item)
             else:
@@ -85,15 +86,20 @@ def test_attribution_does_not_depend_on_arrival_order(
         summary = (
             None if referral is None else (referral.referrer_id, referral.source, referral.status, referral.reason)
         )
-        return summary, sorted(type(e).__name__ for e in effects)
+        about_bob = [e for e in effects if "bob" in (getattr(e, "referee_id", None), getattr(e, "customer_id", None))]
+        return summary, sorted(type(e).__name__ for e in about_bob)
 
     def with_purchase_after_the_claims(order_of_claims: list[Invitation | Registration], at: int) -> list:
-        """The purchase goes anywhere after the last invitation (before or after the registration)."""
-        last_invitation = max((i for i, x in enumerate(order_of_claims) if isinstance(x, Invitation)), default=-1)
+        """The purchase goes anywhere after the last claim source (invitations and the referrers'
+        registrations, which issue the codes), before or after bob's own registration."""
+        last_invitation = max(
+            (i for i, x in enumerate(order_of_claims) if isinstance(x, Invitation) or x.customer_id != "bob"),
+            default=-1,
+        )
         position = last_invitation + 1 + at % (len(order_of_claims) - last_invitation)
         return [*order_of_claims[:position], first_purchase, *order_of_claims[position:]]
 
-    arrivals: list[Invitation | Registration] = [*invitations, registration]
+    arrivals: list[Invitation | Registration] = [*referrer_registrations, *invitations, registration]
     expected = outcome([*arrivals, first_purchase])
     shuffled = list(arrivals)
     order.shuffle(shuffled)

@@ -316,6 +316,17 @@ class Claim:
         return (int(self.source), self.claimed_at, self.invitation_id or "", self.referrer_id)
 
 
+@dataclass(frozen=True)
+class PendingCode:
+    """A code a customer typed that no one owns yet: its owner's registration may not be consumed yet
+    (another partition, a replay). It becomes a claim when the code is issued."""
+
+    code: str  # normalized
+    referee_id: str
+    source: ClaimSource
+    claimed_at: datetime
+
+
 @dataclass
 class Reward:
     role: Role
@@ -447,6 +458,9 @@ class ReferralBook:
     referrals: dict[str, Referral] = field(default_factory=dict)  # by referee id
     referrer_of: dict[str, str] = field(default_factory=dict)  # referee -> referrer, paying referrals
     conversions: dict[str, list[tuple[datetime, int, str]]] = field(default_factory=dict)  # by referrer
+    pending_codes: dict[str, list[PendingCode]] = field(default_factory=dict)  # by referee id
+    new_pending: list[PendingCode] = field(default_factory=list)
+    resolved_pending: list[PendingCode] = field(default_factory=list)
     dirty_customers: set[str] = field(default_factory=set)
     new_invitations: list[Invitation] = field(default_factory=list)
     new_claims: list[Claim] = field(default_factory=list)
@@ -532,7 +546,29 @@ class ReferralBook:
         customer.code = code
         self.codes[normalize_code(code)] = customer_id
         self.dirty_customers.add(customer_id)
-        return [CodeIssued(customer_id, code, at)]
+        effects: list[Effect] = [CodeIssued(customer_id, code, at)]
+        # Friends who typed this code before it was issued (as consumed) now have their claim.
+        waiting = sorted(
+            (p for ps in self.pending_codes.values() for p in ps if p.code == normalize_code(code)),
+            key=lambda p: (p.referee_id, p.source),
+        )
+        for pending in waiting:
+            self.pending_codes[pending.referee_id].remove(pending)
+            self.resolved_pending.append(pending)
+            self._add_claim(Claim(pending.referee_id, customer_id, pending.source, pending.claimed_at))
+            effects += self._maybe_decide(self.customer(pending.referee_id))
+        return effects
+
+    def _claim_code(self, referee_id: str, raw: str, source: ClaimSource, at: datetime) -> None:
+        referrer = self.resolve_code(raw)
+        if referrer is not None:
+            self._add_claim(Claim(referee_id, referrer, source, at))
+            return
+        pending = PendingCode(normalize_code(raw), referee_id, source, at)
+        waiting = self.pending_codes.setdefault(referee_id, [])
+        if pending not in waiting:
+            waiting.append(pending)
+            self.new_pending.append(pending)
 
     def on_registered(self, reg: Registration, new_code: str | None = None) -> list[Effect]:
         customer = self.customer(reg.customer_id)
@@ -549,13 +585,7 @@ class ReferralBook:
         if new_code is not None:
             effects += self.issue_code(customer.customer_id, new_code, reg.at)
         if reg.referral_code is not None:
-            referrer = self.resolve_code(reg.referral_code)
-            if referrer is None:
-                effects.append(
-                    Rejected(None, None, reg.customer_id, RejectReason.UNKNOWN_CODE, reg.at, "at registration")
-                )
-            else:
-                self._add_claim(Claim(reg.customer_id, referrer, ClaimSource.CODE_AT_REGISTRATION, reg.at))
+            self._claim_code(reg.customer_id, reg.referral_code, ClaimSource.CODE_AT_REGISTRATION, reg.at)
         matching = [inv for h in sorted(customer.contact_hashes) for inv in self.invitations_for(h)]
         for invitation in matching:
             claim = self._invitation_claims(customer, invitation)
@@ -594,16 +624,8 @@ class ReferralBook:
         self.dirty_customers.add(customer.customer_id)
         effects: list[Effect] = []
         if purchase.referral_code is not None:
-            referrer = self.resolve_code(purchase.referral_code)
-            if referrer is None:
-                effects.append(
-                    Rejected(
-                        None, None, customer.customer_id, RejectReason.UNKNOWN_CODE, purchase.at, "at first purchase"
-                    )
-                )
-            else:
-                # Kept even before the registration is known: it may arrive later on its own topic.
-                self._add_claim(Claim(customer.customer_id, referrer, ClaimSource.CODE_AT_PURCHASE, purchase.at))
+            # Kept even before the registration is known: it may arrive later on its own topic.
+            self._claim_code(customer.customer_id, purchase.referral_code, ClaimSource.CODE_AT_PURCHASE, purchase.at)
         effects += self._maybe_decide(customer)
         self._remember_payment(customer, purchase)
         return effects
@@ -625,12 +647,22 @@ class ReferralBook:
     def _maybe_decide(self, referee: Customer) -> list[Effect]:
         """Decide once the three facts are known, in whatever order they arrived: the registration,
         the first purchase and at least one claim (events travel on different topics)."""
-        if (
-            referee.customer_id in self.referrals
-            or referee.registered_at is None
-            or referee.first_order is None
-            or not self.claims.get(referee.customer_id)
-        ):
+        if referee.customer_id in self.referrals or referee.registered_at is None or referee.first_order is None:
+            return []
+        if not self.claims.get(referee.customer_id):
+            unresolved = self.pending_codes.get(referee.customer_id)
+            if unresolved:
+                # Reached once: when the later of registration and first purchase arrives.
+                return [
+                    Rejected(
+                        None,
+                        None,
+                        referee.customer_id,
+                        RejectReason.UNKNOWN_CODE,
+                        referee.first_order.at,
+                        f"no customer owns the code given at {unresolved[0].source.label.replace('_', ' ')}",
+                    )
+                ]
             return []
         return self._decide(referee, referee.first_order)
 

@@ -293,6 +293,7 @@ async def handle_batch(ctx: BatchContext, runtime: Runtime) -> None:
         program = runtime.programs[tenant]  # the kit dead-letters unknown tenants before we get here
         book = await store.load_book(ctx.conn, tenant, runtime.rules[tenant], needs_of(events))
         codes = await new_codes_for(ctx, tenant, runtime.secrets[tenant], program.codes.length, book, events)
+        await store.load_code_waiters(ctx.conn, book, codes)
         rejections: list[store.RejectionRow] = []
         timers: list[TimerRow] = []
         feedback: list[store.FeedbackRow] = []

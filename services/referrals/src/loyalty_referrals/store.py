@@ -21,6 +21,7 @@ from loyalty_referrals.domain import (
     Customer,
     FirstOrder,
     Invitation,
+    PendingCode,
     Referral,
     ReferralBook,
     ReferralStatus,
@@ -209,6 +210,8 @@ async def load_book(conn: asyncpg.Connection, tenant: str, rules: Rules, needs: 
     ):
         book.referrals[row["referee_id"]] = referral_from_row(row)
 
+    await _load_pending(conn, book, "referee_id", referees)
+
     referrers = set(book.codes.values()) | needs.referrers
     referrers |= {inv.referrer_id for inv in book.invitations.values()}
     referrers |= {c.referrer_id for claims in book.claims.values() for c in claims}
@@ -251,6 +254,71 @@ async def load_book(conn: asyncpg.Connection, tenant: str, rules: Rules, needs: 
                 (row["converted_at"], row["order_value_minor"], row["referral_id"])
             )
     return book
+
+
+async def _load_pending(conn: asyncpg.Connection, book: ReferralBook, column: str, values: Sequence[str]) -> None:
+    assert column in ("referee_id", "code")
+    for row in await conn.fetch(
+        f"SELECT code, referee_id, source, claimed_at FROM pending_codes "
+        f"WHERE tenant = $1 AND {column} = ANY($2::text[])",
+        book.tenant,
+        list(values),
+    ):
+        pending = PendingCode(row["code"], row["referee_id"], ClaimSource(row["source"]), row["claimed_at"])
+        waiting = book.pending_codes.setdefault(pending.referee_id, [])
+        if pending not in waiting:
+            waiting.append(pending)
+
+
+async def load_code_waiters(conn: asyncpg.Connection, book: ReferralBook, new_codes: dict[str, str]) -> None:
+    """Before codes are issued: the friends who typed them earlier, with what deciding their referral needs."""
+    if not new_codes:
+        return
+    await _load_pending(conn, book, "code", sorted(normalize_code(c) for c in new_codes.values()))
+    waiting = sorted({p.referee_id for ps in book.pending_codes.values() for p in ps} - book.customers.keys())
+    if waiting:
+        for row in await conn.fetch(
+            "SELECT * FROM customers WHERE tenant = $1 AND customer_id = ANY($2::text[]) ORDER BY customer_id "
+            "FOR UPDATE",
+            book.tenant,
+            waiting,
+        ):
+            book.customers[row["customer_id"]] = _customer(row)
+        for row in await conn.fetch(
+            "SELECT referee_id, referrer_id, source, claimed_at, invitation_id, email_domain FROM claims "
+            "WHERE tenant = $1 AND referee_id = ANY($2::text[])",
+            book.tenant,
+            waiting,
+        ):
+            claim = Claim(
+                row["referee_id"],
+                row["referrer_id"],
+                ClaimSource(row["source"]),
+                row["claimed_at"],
+                row["invitation_id"] or None,
+                row["email_domain"],
+            )
+            if claim not in book.claims.setdefault(claim.referee_id, []):
+                book.claims[claim.referee_id].append(claim)
+        for row in await conn.fetch(
+            f"SELECT {_REFERRAL_COLUMNS} FROM referrals WHERE tenant = $1 AND referee_id = ANY($2::text[]) "
+            "ORDER BY referee_id FOR UPDATE",
+            book.tenant,
+            waiting,
+        ):
+            book.referrals[row["referee_id"]] = referral_from_row(row)
+    # The new code owners become referrers: their recent conversions count for velocity.
+    owners = sorted(new_codes)
+    for row in await conn.fetch(
+        "SELECT referrer_id, converted_at, order_value_minor, referral_id FROM referrals "
+        "WHERE tenant = $1 AND referrer_id = ANY($2::text[]) AND status <> 'rejected'",
+        book.tenant,
+        owners,
+    ):
+        known = book.conversions.setdefault(row["referrer_id"], [])
+        entry = (row["converted_at"], row["order_value_minor"], row["referral_id"])
+        if entry not in known:
+            known.append(entry)
 
 
 async def load_referrals(
@@ -366,6 +434,26 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
             [c.claimed_at for c in claims],
             [c.invitation_id or "" for c in claims],
             [c.email_domain for c in claims],
+        )
+    if book.new_pending:
+        await conn.execute(
+            "INSERT INTO pending_codes (tenant, code, referee_id, source, claimed_at) "
+            "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::smallint[], $5::timestamptz[]) "
+            "ON CONFLICT DO NOTHING",
+            tenant,
+            [p.code for p in book.new_pending],
+            [p.referee_id for p in book.new_pending],
+            [int(p.source) for p in book.new_pending],
+            [p.claimed_at for p in book.new_pending],
+        )
+    if book.resolved_pending:
+        await conn.execute(
+            "DELETE FROM pending_codes p USING unnest($2::text[], $3::text[], $4::smallint[]) AS r(code, referee, src) "
+            "WHERE p.tenant = $1 AND p.code = r.code AND p.referee_id = r.referee AND p.source = r.src",
+            tenant,
+            [p.code for p in book.resolved_pending],
+            [p.referee_id for p in book.resolved_pending],
+            [int(p.source) for p in book.resolved_pending],
         )
     await save_referrals(conn, tenant, [book.referrals[r] for r in sorted(book.dirty_referrals)])
 
