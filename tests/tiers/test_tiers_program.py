@@ -126,3 +126,13 @@ def test_fingerprint_changes_with_rules_not_with_key_order() -> None:
     changed = copy.deepcopy(BASE_PROGRAM)
     changed["ladder"][1]["threshold"] = 120
     assert TiersProgram.model_validate(changed).fingerprint() != base.fingerprint()
+
+
+def test_recalc_command_refuses_a_version_the_file_does_not_carry(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loyalty_tiers.__main__ import main
+
+    monkeypatch.setenv("LOYALTY_PROGRAMS_DIR", str(REPO / "programs"))
+    assert main(["recalc", "acme-diy", "7"]) == 2
+    assert "tiers.version is 1, not 7" in capsys.readouterr().err
