@@ -135,3 +135,30 @@ async def test_a_failing_timer_is_retried_later_and_does_not_block_others(
     assert row["key"] == "bad" and row["attempts"] == 1 and "boom" in row["last_error"]
     assert row["retry_at"] > now
     assert await loop.fire_due() == 0  # backing off
+
+
+async def test_a_handler_that_reschedules_its_own_key_keeps_the_new_timer(
+    timer_pool: asyncpg.Pool, service_name: str
+) -> None:
+    """A recurring check (e.g. a downgrade check that re-arms itself) must survive its own firing."""
+    now = datetime.now(UTC)
+    fired: list[datetime] = []
+
+    async def on_check(ctx: TimerContext, timers: list[Timer]) -> None:
+        for t in timers:
+            fired.append(t.due_at)
+            await ctx.schedule("check", t.key, t.due_at + timedelta(days=30), {"customer": "c1"}, t.tenant)
+
+    loop = TimerLoop(
+        service=service_name, pool=timer_pool, handlers={"check": on_check},
+        tracer=TracerProvider().get_tracer("t"), metrics=KitMetrics(service_name), clock="wall",
+        poll_interval_s=0.05,
+    )
+    async with timer_pool.acquire() as conn:
+        await schedule_timer(conn, kind="check", key="c1", due_at=now - timedelta(seconds=1),
+                             payload={"customer": "c1"}, tenant="acme-diy")
+    assert await loop.fire_due() == 1
+    assert await loop.fire_due() == 0  # the re-armed timer is due in 30 days, not now
+    async with timer_pool.acquire() as conn:
+        rows = await conn.fetch("SELECT key, due_at FROM timers WHERE kind = 'check'")
+    assert [(r["key"], r["due_at"]) for r in rows] == [("c1", fired[0] + timedelta(days=30))]

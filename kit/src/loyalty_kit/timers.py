@@ -44,7 +44,7 @@ class Timer:
 
 class TimerContext(EffectContext):
     """What a timer handler gets: ``conn`` (open transaction), ``emit(data, tenant=...)``, ``schedule``,
-    ``cancel`` and ``now_for``. Rows passed to the handler are deleted when the transaction commits."""
+    ``cancel`` and ``now_for``. Rows passed to the handler are deleted before it runs (in its transaction), so it may re-arm the same key."""
 
 
 TimerHandler = Callable[[TimerContext, list[Timer]], Awaitable[None]]
@@ -184,6 +184,9 @@ class TimerLoop:
         by_kind: dict[str, list[Timer]] = {}
         for t in timers:
             by_kind.setdefault(t.kind, []).append(t)
+        # Delete the fired rows before the handlers run (same transaction, so a failure restores them): a
+        # handler that schedules the same (kind, key) again creates a new timer that must survive this firing.
+        await conn.execute("DELETE FROM timers WHERE id = ANY($1::bigint[])", [t.id for t in timers])
         records: list[Any] = []
         for kind, group in by_kind.items():
             with self.tracer.start_as_current_span(
@@ -196,7 +199,6 @@ class TimerLoop:
                 )
                 await self.handlers[kind](ctx, group)
                 records.extend(ctx.outbox)
-        await conn.execute("DELETE FROM timers WHERE id = ANY($1::bigint[])", [t.id for t in timers])
         await outbox.insert(conn, records, self.service)
 
     def _fired(self, timers: list[Timer]) -> None:
