@@ -60,7 +60,7 @@ class NotifierApp(ServiceApp):
         self.sender: Sender | None = None
         self.channel_senders: dict[str, ChannelSenders] = {}
         self.http: httpx.AsyncClient | None = None
-        self.batch_handler(*consumed_event_types(tenants.values()))(self.notifier.handle_batch)
+        self.batch_handler(*consumed_event_types())(self.notifier.handle_batch)
         self.timer_handler(JOURNEY_TIMER)(self.notifier.handle_journey_timers)
         self.include_router(build_router(self))
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from loyalty_contracts.catalogue import event_types_consumed_by
 from loyalty_contracts.envelope import Envelope
 from loyalty_contracts.events.notifier import NotificationSuppressed
 from loyalty_kit.effects import EffectContext
@@ -432,8 +432,7 @@ def suppressed_event(row: SuppressionRow, at: datetime) -> NotificationSuppresse
     )
 
 
-def consumed_event_types(tenants: Iterable[TenantNotifier]) -> list[str]:
-    """Every ce_type the notifier subscribes to: from the catalogue (what the brief says it consumes)."""
-    from loyalty_contracts.catalogue import event_types_consumed_by
-
+def consumed_event_types() -> list[str]:
+    """Every ce_type the notifier subscribes to, from the catalogue: CustomerRegistered, ConsentChanged,
+    PurchaseMade (journeys) and every result event of tiers, referrals and surveys."""
     return sorted(event_types_consumed_by("notifier"))

@@ -19,7 +19,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -425,7 +424,7 @@ class Sender:
                         outcomes.append(Outcome(d.id, "pending", due_at=decision.at, error="lease lost; resending"))
                     else:
                         outcomes.append(Outcome(d.id, "failed", error=decision.reason))
-                        records.extend(self._failed(conn, replace(d), "provider_error", decision.reason))
+                        records.extend(self._failed(conn, d, "provider_error", decision.reason))
                 await store.record_outcomes(conn, outcomes)
                 await outbox.insert(conn, records, self.service)
         if records and self.on_committed:
