@@ -295,3 +295,43 @@ def test_any_active_secret_verifies_and_any_change_breaks_it(
         changed = body[:i] + bytes([body[i] ^ 1]) + body[i + 1 :]
         with pytest.raises(WebhookVerificationError):
             verify(secrets[0], msg_id=msg_id, timestamp="1700000000", signature=header, body=changed, now=1_700_000_000)
+
+
+def test_preview_command_prints_the_message_and_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    from loyalty_notifier.__main__ import main
+
+    with pytest.raises(SystemExit) as ok:
+        main(
+            [
+                "preview",
+                "--tenant",
+                "acme-diy",
+                "--event-type",
+                "TierChanged",
+                "--locale",
+                "en",
+                "--programs",
+                str(REPO / "programs"),
+                "--html",
+            ]
+        )
+    out = capsys.readouterr().out
+    assert ok.value.code == 0 and out.startswith("Subject: Anna") and "<strong>Connoisseur</strong>" in out
+    with pytest.raises(SystemExit) as bad:
+        main(
+            [
+                "preview",
+                "--tenant",
+                "nobody",
+                "--event-type",
+                "TierChanged",
+                "--locale",
+                "en",
+                "--programs",
+                str(REPO / "programs"),
+            ]
+        )
+    assert bad.value.code == 2 and "unknown tenant 'nobody'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as resend:
+        main(["resend", "--tenant", "acme-diy"])
+    assert resend.value.code == 2 and "--all-failed" in capsys.readouterr().err
