@@ -563,3 +563,11 @@ def test_partial_early_refund_that_keeps_the_minimum_still_converts() -> None:
     assert [e.reason for e in refund(book, "bob", "o-1", T0 + days(5), full=False, amount=1500)] == [
         RejectReason.FIRST_ORDER_REFUNDED
     ]
+
+
+def test_refund_dated_inside_the_hold_after_an_early_grant_revokes_both_sides() -> None:
+    """The event-time clock can run ahead of one customer's events; the refund still undoes everything."""
+    book, _ = _invited_and_converted()  # clawback policy: referrer only
+    book.on_hold_expired("bob", T0 + days(33))
+    effects = refund(book, "bob", "o-1", T0 + days(10))  # dated inside the return window
+    assert sorted(e.role for e in effects if isinstance(e, RewardRevoked)) == ["referee", "referrer"]

@@ -548,8 +548,11 @@ class ReferralBook:
         self.dirty_customers.add(customer_id)
         effects: list[Effect] = [CodeIssued(customer_id, code, at)]
         # Friends who typed this code before it was issued (as consumed) now have their claim.
+        if not any(self.pending_codes.values()):
+            return effects
+        normalized = normalize_code(code)
         waiting = sorted(
-            (p for ps in self.pending_codes.values() for p in ps if p.code == normalize_code(code)),
+            (p for ps in self.pending_codes.values() for p in ps if p.code == normalized),
             key=lambda p: (p.referee_id, p.source),
         )
         for pending in waiting:
@@ -853,12 +856,15 @@ class ReferralBook:
                 )
             )
             return effects
-        # Rewarded: claw back per policy, inside the clawback window.
-        if refund.at - referral.converted_at > timedelta(days=self.rules.clawback_within_days):
+        # Rewarded. A refund dated inside the hold means the grant came early (the timer clock ran ahead of
+        # this customer's events): as if rejected in time, both sides lose the rewards. Later refunds claw
+        # back per policy, inside the clawback window.
+        inside_hold = referral.hold_until is not None and refund.at < referral.hold_until
+        if not inside_hold and refund.at - referral.converted_at > timedelta(days=self.rules.clawback_within_days):
             return effects
         for role in ROLES:
             reward = referral.rewards[role]
-            if reward.status != RewardStatus.GRANTED or not self.rules.clawback_for(role):
+            if reward.status != RewardStatus.GRANTED or not (inside_hold or self.rules.clawback_for(role)):
                 continue
             reward.status = RewardStatus.REVOKED
             reward.revoked_at = refund.at
