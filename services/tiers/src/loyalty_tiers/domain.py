@@ -138,15 +138,30 @@ def fact_kind(fact: Fact) -> str:
     return _KIND_OF[type(fact)]
 
 
+def _purchase_to_json(fact: Purchase) -> dict[str, Any]:
+    return {
+        "fact": "purchase", "event_id": fact.event_id, "occurred_at": fact.occurred_at.isoformat(),
+        "order_id": fact.order_id, "currency": fact.currency,
+        "lines": [[ln.line_id, ln.category, ln.quantity, ln.unit_price_minor] for ln in fact.lines],
+    }
+
+
+def _purchase_from_json(data: dict[str, Any]) -> Purchase:
+    return Purchase(
+        data["event_id"], datetime.fromisoformat(data["occurred_at"]), data["order_id"], data["currency"],
+        tuple(PurchaseLine(str(a), str(b), int(c), int(d)) for a, b, c, d in data["lines"]),
+    )
+
+
 def fact_to_json(fact: Fact) -> dict[str, Any]:
     """A compact JSON-able dict (stored so the ledger can be re-derived under a new program version)."""
+    if type(fact) is Purchase:
+        return _purchase_to_json(fact)  # the hot kind: no per-field dispatch
     out: dict[str, Any] = {"fact": fact_kind(fact)}
     for name in fact.__slots__:  # type: ignore[union-attr]
         value = getattr(fact, name)
         if isinstance(value, datetime):
             value = value.isoformat()
-        elif name == "lines" and isinstance(fact, Purchase):
-            value = [[ln.line_id, ln.category, ln.quantity, ln.unit_price_minor] for ln in fact.lines]
         elif name == "lines":
             value = [list(pair) for pair in value]
         out[name] = value
@@ -155,13 +170,13 @@ def fact_to_json(fact: Fact) -> dict[str, Any]:
 
 def fact_from_json(data: dict[str, Any]) -> Fact:
     cls = _FACT_KINDS[data["fact"]]
+    if cls is Purchase:
+        return _purchase_from_json(data)
     values: dict[str, Any] = {}
     for name in cls.__slots__:
         value = data[name]
         if name == "occurred_at":
             value = datetime.fromisoformat(value)
-        elif name == "lines" and cls is Purchase:
-            value = tuple(PurchaseLine(str(a), str(b), int(c), int(d)) for a, b, c, d in value)
         elif name == "lines":
             value = tuple((str(a), int(b)) for a, b in value)
         values[name] = value
@@ -196,6 +211,8 @@ def _floor(value: Decimal) -> int:
 
 def _allocate(total: int, weights: Sequence[int]) -> list[int]:
     """Split ``total`` over lines in proportion to ``weights`` (largest remainder, deterministic)."""
+    if len(weights) == 1:  # one line (the common case): it gets everything
+        return [total if weights[0] else 0]
     weight_sum = sum(weights)
     if weight_sum == 0 or total == 0:
         return [0] * len(weights)
@@ -732,9 +749,10 @@ def diff(
         effects.append(TierChange(
             before_tier, now_tier, direction, reason or state.reason, state.since or state.as_of, state.points
         ))
-    reached = milestones_reached(program, state)
+    current = progress(program, state)  # once (milestones_reached would compute it again)
+    reached = (frozenset() if current.next_tier is None
+               else frozenset(m for m in program.milestones if current.fraction >= m))
     already = before.milestones if before is not None and same_tier else frozenset()
-    current = progress(program, state)
     for fraction in sorted(reached - already):
         assert current.next_tier is not None
         effects.append(Milestone(now_tier, ladder[current.next_tier].id, fraction, state.points,
