@@ -11,10 +11,10 @@ e.g. from ``.stack/dev.env``; without them an embedded stack is started):
    multi-row upserts → ReferralCodeIssued / ReferralConverted / ReferralRejected / grants in the outbox →
    relay publish; hold timers fire on the event-time clock as the stream's time passes.
 
-The input is a realistic mix built from "friend groups": a referrer registers and invites two friends; one
-registers through the invitation, the other with the referrer's code; both make a first purchase; the
-referrer buys again; one friend in five refunds the first order inside the return window; one group in ten
-is a fraud ring (same payment fingerprint). About 35 % registrations, 25 % invitations, 35 % purchases, 5 %
+The input is a realistic mix built from "friend groups": a referrer registers, buys, and invites two
+friends; one registers through the invitation, the other with the referrer's code; both make a first
+purchase; one friend in five refunds the first order inside the return window; one group in ten is a fraud
+ring (a friend pays with the referrer's card). About 35 % registrations, 25 % invitations, 35 % purchases, 5 %
 refunds, spread over 90 days of event time so 30-day holds expire and rewards are granted mid-stream.
 The clock runs from the first consumed batch until every input is applied and the outbox is empty.
 """
@@ -133,7 +133,7 @@ def referral_mix(n: int, run: str) -> list[Event]:
                 f"card:{referrer}" if ring else f"card:{fa}",
             ),
             _purchase(fb, f"{run}-o{g}b", t + timedelta(days=2, hours=3), 3500 + g % 5 * 900, f"card:{fb}"),
-            _purchase(referrer, f"{run}-o{g}r", t + timedelta(days=3), 2500, f"card:{referrer}"),
+            _purchase(referrer, f"{run}-o{g}r", t + timedelta(hours=12), 2500, f"card:{referrer}"),
         ]
         if g % 5 == 0:
             events.append(

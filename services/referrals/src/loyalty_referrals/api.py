@@ -89,6 +89,7 @@ class RejectionsOut(BaseModel):
     since: datetime
     until: datetime
     reasons: list[RejectionReasonOut]
+    unresolved_codes: int = Field(description="codes typed in the period that no customer owns (yet)")
 
 
 class SaysVsDoesOut(BaseModel):
@@ -366,9 +367,16 @@ def build_router(app: ServiceApp, runtime: Runtime, auth: TenantAuth) -> APIRout
             start,
             end,
         )
+        unresolved = await pool().fetchval(
+            "SELECT count(*) FROM pending_codes WHERE tenant = $1 AND claimed_at >= $2 AND claimed_at < $3",
+            tenant,
+            start,
+            end,
+        )
         return RejectionsOut(
             since=start,
             until=end,
+            unresolved_codes=unresolved,
             reasons=[
                 RejectionReasonOut(reason=r["reason"], fraud=domain.RejectReason(r["reason"]).fraud, count=r["n"])
                 for r in rows

@@ -653,19 +653,8 @@ class ReferralBook:
         if referee.customer_id in self.referrals or referee.registered_at is None or referee.first_order is None:
             return []
         if not self.claims.get(referee.customer_id):
-            unresolved = self.pending_codes.get(referee.customer_id)
-            if unresolved:
-                # Reached once: when the later of registration and first purchase arrives.
-                return [
-                    Rejected(
-                        None,
-                        None,
-                        referee.customer_id,
-                        RejectReason.UNKNOWN_CODE,
-                        referee.first_order.at,
-                        f"no customer owns the code given at {unresolved[0].source.label.replace('_', ' ')}",
-                    )
-                ]
+            # A code no one owns yet stays pending (its owner's registration may still come, e.g. in a
+            # replay); rejecting it now would depend on arrival order. The API counts unresolved codes.
             return []
         return self._decide(referee, referee.first_order)
 
