@@ -547,6 +547,33 @@ async def test_quiet_hours_deliver_at_the_window_end(night: World) -> None:
     assert delivered.channel == "email" and len(night.smtp.to("night@shop.test")) == 1
 
 
+async def test_consent_withdrawn_during_quiet_hours_wins_over_the_plan(night: World) -> None:
+    late = datetime(2026, 3, 20, 20, 30, tzinfo=UTC)  # 21:30 Berlin: deferred to 08:00
+    await night.register("night", registration("c-late", late - timedelta(hours=2), email="late@shop.test"))
+    (tier,) = await night.send("night", with_customer(sample("loyalty.TierChanged.v1"), "c-late", late))
+
+    async def planned() -> bool:
+        return bool(await night.sql("SELECT 1 FROM deliveries WHERE source_event_id = $1", tier.id))
+
+    await wait_until(planned, within_s=30)
+    withdrawn = retail.ConsentChanged(
+        customer_id="c-late", occurred_at=late + timedelta(minutes=30), category="service", granted=False
+    )
+    await night.send("night", withdrawn)
+
+    async def applied() -> bool:
+        rows = await night.sql(
+            "SELECT consents->'service'->>'granted' AS g FROM customers WHERE customer_id = 'c-late'"
+        )
+        return bool(rows) and rows[0]["g"] == "false"
+
+    await wait_until(applied, within_s=30)  # topics are consumed independently: the tick must come after it
+    await tick(night, datetime(2026, 3, 21, 7, 0, 1, tzinfo=UTC))
+    (outcome,) = await night.outcomes(tier.id)
+    assert type(outcome).event_type == "NotificationSuppressed" and outcome.reason == "no_consent"
+    assert night.smtp.to("late@shop.test") == []
+
+
 async def test_journey_steps_fire_in_event_time_and_at_most_once(night: World) -> None:
     start = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
     await night.register("night", registration("c-new", start - timedelta(minutes=5), email="new@shop.test"))

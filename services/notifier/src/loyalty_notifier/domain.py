@@ -226,6 +226,14 @@ class Suppressed:
     detail: str = ""
 
 
+def still_allowed(profile: CustomerProfile | None, category: Category, channel: Channel) -> Suppressed | None:
+    """Checked again when a planned message is about to go out: a consent withdrawn while the message
+    waited (quiet hours, a retry, a journey step) wins over the plan."""
+    if profile is not None and not profile.allows(category, channel):
+        return Suppressed(SuppressionReason.NO_CONSENT, f"{category.value} on {channel.value} withdrawn before sending")
+    return None
+
+
 def pick_locale(profile_locale: str | None, supported: Sequence[str], default: str) -> str:
     if profile_locale:
         if profile_locale in supported:

@@ -48,6 +48,7 @@ from loyalty_notifier.domain import (
     notification_id,
     recipient_hash,
     release_after_quiet_hours,
+    still_allowed,
     zone,
 )
 from loyalty_notifier.handlers import DELIVERIES_CHANNEL, REPORTED_REASONS, suppressed_event
@@ -224,6 +225,10 @@ class Sender:
                 {(d.tenant, d.customer_id) for d in claimed if d.id in budgeted},
                 min(nows.values()) - timedelta(days=longest),
             )
+        # Consent is checked again at send time (only customers' messages; webhooks are partner deliveries).
+        customers = await store.load_customers(
+            conn, {(d.tenant, d.customer_id) for d in claimed if d.channel is not Channel.WEBHOOK}
+        )
         endpoints = await store.endpoint_health(conn, {(d.tenant, d.endpoint_id) for d in claimed if d.endpoint_id})
         to_send: list[ClaimedDelivery] = []
         outcomes: list[Outcome] = []
@@ -239,6 +244,29 @@ class Sender:
                 outcomes.append(Outcome(d.id, "failed", error="endpoint disabled"))
                 failures.append((d, FAILED_REASON_DISABLED, f"endpoint {d.endpoint_id} is disabled"))
                 continue
+            if d.channel is not Channel.WEBHOOK:
+                customer = customers.get((d.tenant, d.customer_id))
+                withdrawn = still_allowed(customer.profile if customer else None, d.category, d.channel)
+                if withdrawn is not None:
+                    self.on_outcome(d.channel.value, "suppressed", None)
+                    outcomes.append(Outcome(d.id, "suppressed", error=withdrawn.reason.value))
+                    suppressions.append(
+                        (
+                            SuppressionRow(
+                                d.tenant,
+                                d.customer_id,
+                                d.source_event_id,
+                                d.source_event_type,
+                                d.template,
+                                d.category,
+                                d.channel,
+                                withdrawn.reason.value,
+                                withdrawn.detail,
+                            ),
+                            d.source_time,
+                        )
+                    )
+                    continue
             if d.id in budgeted:
                 own = history.setdefault((d.tenant, d.customer_id), [])
                 if not any(source == d.source_event_id for source, _ in own):  # retries/failover: already counted
