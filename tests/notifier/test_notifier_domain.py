@@ -608,3 +608,21 @@ def test_unknown_zone_falls_back_to_the_tenant_zone(zone_name: str | None) -> No
     result = plan(ROUTE, profile, at=at, quiet=QUIET)
     assert isinstance(result, PlannedDelivery)
     assert result.due_at == datetime(2026, 3, 3, 8, 0, tzinfo=BERLIN)
+
+
+def test_consent_is_checked_again_before_sending() -> None:
+    from loyalty_notifier.domain import still_allowed
+
+    profile = registered()
+    assert still_allowed(profile, Category.SERVICE, Channel.EMAIL) is None
+    withdrawn = apply_consent_change(
+        profile,
+        customer_id="c1",
+        category=Category.SERVICE,
+        channel=Channel.EMAIL,
+        granted=False,
+        at=T0 + timedelta(hours=1),
+    )
+    decision = still_allowed(withdrawn, Category.SERVICE, Channel.EMAIL)
+    assert isinstance(decision, Suppressed) and decision.reason is SuppressionReason.NO_CONSENT
+    assert still_allowed(withdrawn, Category.SERVICE, Channel.SMS) is None  # only that channel
