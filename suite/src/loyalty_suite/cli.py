@@ -274,6 +274,37 @@ def notifier_preview(
     typer.echo(_render_message(message))
 
 
+@notifier_app.command("resend")
+def notifier_resend(
+    tenant: str = typer.Option("acme-diy"),
+    ids: list[str] = typer.Option(None, "--id", help="Notification id (repeatable)"),
+    all_failed: bool = typer.Option(False, "--all-failed", help="Every delivery that finally failed"),
+    stack_dir: Path | None = typer.Option(None),
+) -> None:
+    """Resend deliveries that finally failed (a dead-letter replay cannot: the inbox already saw the event)."""
+    from loyalty_kit import roles
+    from loyalty_kit.db import create_pool
+    from loyalty_notifier import store
+
+    if not ids and not all_failed:
+        raise typer.BadParameter("give --id (repeatable) or --all-failed")
+    _, admin_dsn = _running_endpoints(stack_dir)
+
+    async def resend() -> list[str]:
+        dsn = await roles.provision(admin_dsn, "notifier")
+        pool = await create_pool(dsn, "notifier", min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                return list(await store.resend_failed(conn, tenant, None if all_failed else ids))
+        finally:
+            await pool.close()
+
+    resent = asyncio.run(resend())
+    for notification_id in resent:
+        typer.echo(notification_id)
+    typer.echo(f"{len(resent)} failed deliveries set to resend")
+
+
 def _render_message(message: Any) -> str:
     if hasattr(message, "model_dump"):
         data = message.model_dump()
