@@ -192,6 +192,8 @@ async def test_invite_register_purchase_hold_grant_refund_revoke_and_redelivery(
             reasons = (await http.get("/v1/tenants/acme-diy/rejections", params=period, headers=AUTH)).json()
             assert reasons["reasons"] == [{"reason": "first_order_refunded", "fraud": False, "count": 1}]
             assert reasons["unresolved_codes"] == 0
+            top = (await http.get("/v1/tenants/acme-diy/top-referrers", params=period, headers=AUTH)).json()
+            assert top == [{"referrer_id": "alice", "conversions": 1, "rewarded": 1}]  # carol's was rejected
             gap = (await http.get("/v1/tenants/acme-diy/says-vs-does", params=period, headers=AUTH)).json()
             assert (gap["respondents"], gap["promoters"], gap["promoters_who_referred"]) == (1, 1, 1)
             assert gap["customers"] == 4 and gap["customers_who_referred"] == 1
