@@ -278,7 +278,7 @@ async def test_webhook_http_500_then_success_is_retried_and_delivered_once(wall:
     assert all(c["verified"] for c in calls) and calls[0]["id"] == calls[1]["id"]  # same webhook-id: dedupable
     assert json.loads(calls[1]["body"])["type"] == "loyalty.DetractorCaseOpened.v1"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
-        log = await api.get("/notifier/shop/webhooks/crm/deliveries", headers={"Authorization": "Bearer shop-key"})
+        log = await api.get("/notifier/v1/tenants/shop/webhooks/crm/deliveries", headers={"Authorization": "Bearer shop-key"})
         assert log.status_code == 200
         attempts = log.json()[0]["attempts"]
         assert [a["status_code"] for a in attempts] == [500, 204] and log.json()[0]["status"] == "delivered"
@@ -347,20 +347,20 @@ async def test_frequency_cap_suppresses_and_reports(wall: World) -> None:
     assert (suppressed.reason, suppressed.category) == ("frequency_cap", "survey")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
         listed = await api.get(
-            "/notifier/shop/customers/c-cap/suppressions", headers={"Authorization": "Bearer shop-key"}
+            "/notifier/v1/tenants/shop/customers/c-cap/suppressions", headers={"Authorization": "Bearer shop-key"}
         )
         assert listed.status_code == 200 and listed.json()[0]["reason"] == "frequency_cap"
-        assert (await api.get("/notifier/shop/customers/c-cap/suppressions")).status_code == 401
+        assert (await api.get("/notifier/v1/tenants/shop/customers/c-cap/suppressions")).status_code == 401
         other = await api.get(
-            "/notifier/shop/customers/c-cap/suppressions", headers={"Authorization": "Bearer shop-down-key"}
+            "/notifier/v1/tenants/shop/customers/c-cap/suppressions", headers={"Authorization": "Bearer shop-down-key"}
         )
         assert other.status_code == 403
         prefs = await api.get(
-            "/notifier/shop/customers/c-cap/preferences", headers={"Authorization": "Bearer shop-key"}
+            "/notifier/v1/tenants/shop/customers/c-cap/preferences", headers={"Authorization": "Bearer shop-key"}
         )
         assert prefs.json()["channels"] == ["sms"] and prefs.json()["consents"]["survey"] is True
         missing = await api.get(
-            "/notifier/shop/customers/nobody/preferences", headers={"Authorization": "Bearer shop-key"}
+            "/notifier/v1/tenants/shop/customers/nobody/preferences", headers={"Authorization": "Bearer shop-key"}
         )
         assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
 
@@ -392,18 +392,18 @@ async def test_contact_budget_suppresses_marketing_first_never_transactional(wal
 async def test_read_api_preview_and_deliveries(wall: World) -> None:
     auth = {"Authorization": "Bearer shop-key"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
-        ru = await api.get("/notifier/shop/preview", params={"event_type": "TierChanged", "locale": "ru"}, headers=auth)
+        ru = await api.get("/notifier/v1/tenants/shop/preview", params={"event_type": "TierChanged", "locale": "ru"}, headers=auth)
         assert ru.status_code == 200 and "Здравствуйте" in ru.json()["text"]
-        bad = await api.get("/notifier/shop/preview", params={"event_type": "Nope", "locale": "en"}, headers=auth)
+        bad = await api.get("/notifier/v1/tenants/shop/preview", params={"event_type": "Nope", "locale": "en"}, headers=auth)
         assert bad.status_code == 422 and "TierChanged" in bad.json()["detail"]
-        missing = await api.get("/notifier/shop/preview", params={"locale": "en"}, headers=auth)
+        missing = await api.get("/notifier/v1/tenants/shop/preview", params={"locale": "en"}, headers=auth)
         assert missing.status_code == 422
-        listed = await api.get("/notifier/shop/customers/c-mail/deliveries", headers=auth)
+        listed = await api.get("/notifier/v1/tenants/shop/customers/c-mail/deliveries", headers=auth)
         (row,) = listed.json()
         assert row["status"] == "delivered" and row["channel"] == "email"
         assert "@" not in row["recipient_hash"] and len(row["recipient_hash"]) == 64
         assert (
-            "/notifier/{tenant}/customers/{customer_id}/deliveries" in (await api.get("/openapi.json")).json()["paths"]
+            "/notifier/v1/tenants/{tenant}/customers/{customer_id}/deliveries" in (await api.get("/openapi.json")).json()["paths"]
         )
 
 
@@ -424,19 +424,19 @@ async def test_endpoint_disabled_after_repeated_failures_then_reenabled(wall: Wo
     assert refused.reason == "endpoint_disabled"
     auth = {"Authorization": "Bearer shop-key"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
-        (crm,) = (await api.get("/notifier/shop/webhooks", headers=auth)).json()
+        (crm,) = (await api.get("/notifier/v1/tenants/shop/webhooks", headers=auth)).json()
         assert crm["disabled"] is True and crm["consecutive_failures"] == 5
-        assert (await api.post("/notifier/shop/webhooks/nope/enable", headers=auth)).status_code == 404
-        enabled = await api.post("/notifier/shop/webhooks/crm/enable", headers=auth)
+        assert (await api.post("/notifier/v1/tenants/shop/webhooks/nope/enable", headers=auth)).status_code == 404
+        enabled = await api.post("/notifier/v1/tenants/shop/webhooks/crm/enable", headers=auth)
         assert enabled.status_code == 200 and enabled.json()["disabled"] is False
     (third,) = await wall.send("shop", with_customer(case, "c-off-3", now()))
     (delivered,) = await wall.outcomes(third.id)
     assert type(delivered).event_type == "NotificationDelivered"
     # The partner is fixed: resend the message that finally failed (delivered ones are never resent).
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
-        assert (await api.post("/notifier/shop/deliveries/resend", json={}, headers=auth)).status_code == 422
+        assert (await api.post("/notifier/v1/tenants/shop/deliveries/resend", json={}, headers=auth)).status_code == 422
         resent = await api.post(
-            "/notifier/shop/deliveries/resend",
+            "/notifier/v1/tenants/shop/deliveries/resend",
             json={"notification_ids": [exhausted.notification_id, delivered.notification_id]},
             headers=auth,
         )

@@ -45,7 +45,7 @@ def token(secret: bytes, expires_at: datetime, tenant: str = "acme-diy") -> str:
 )
 async def test_bad_tokens_get_4xx_with_the_reason(make_token: object, status: int, reason: str) -> None:
     async with client() as c:
-        response = await c.post("/surveys/answers", json={"token": make_token(), "score": 4})  # type: ignore[operator]
+        response = await c.post("/surveys/v1/answers", json={"token": make_token(), "score": 4})  # type: ignore[operator]
     assert response.status_code == status
     assert reason in response.json()["detail"]
 
@@ -54,14 +54,14 @@ async def test_a_rotated_secret_still_verifies_until_it_reaches_the_database() -
     # Signed with the old secret (second in the list): passes verification and needs the DB, which is absent.
     async with client() as c:
         response = await c.post(
-            "/surveys/answers", json={"token": token(b"old-secret", NOW + timedelta(1)), "score": 4}
+            "/surveys/v1/answers", json={"token": token(b"old-secret", NOW + timedelta(1)), "score": 4}
         )
     assert response.status_code == 503 and "starting" in response.json()["detail"]
 
 
 async def test_body_is_validated() -> None:
     async with client() as c:
-        response = await c.post("/surveys/answers", json={"token": "x.y", "score": "four", "extra": 1})
+        response = await c.post("/surveys/v1/answers", json={"token": "x.y", "score": "four", "extra": 1})
     assert response.status_code == 422
 
 
@@ -79,13 +79,13 @@ def test_openapi_publishes_every_endpoint(tmp_path: Path) -> None:
     app, _ = build_app(settings, environ=SECRET_ENV)
     spec = app.asgi().openapi()
     assert set(spec["paths"]) == {
-        "/surveys/answers",
-        "/surveys/{tenant}/nps",
-        "/surveys/{tenant}/csat",
-        "/surveys/{tenant}/response-rate",
-        "/surveys/{tenant}/cases",
-        "/surveys/{tenant}/themes",
-        "/surveys/{tenant}/customers/{customer_id}",
+        "/surveys/v1/answers",
+        "/surveys/v1/tenants/{tenant}/nps",
+        "/surveys/v1/tenants/{tenant}/csat",
+        "/surveys/v1/tenants/{tenant}/response-rate",
+        "/surveys/v1/tenants/{tenant}/cases",
+        "/surveys/v1/tenants/{tenant}/themes",
+        "/surveys/v1/tenants/{tenant}/customers/{customer_id}",
     }
-    answer = spec["paths"]["/surveys/answers"]["post"]
+    answer = spec["paths"]["/surveys/v1/answers"]["post"]
     assert {"201", "400", "403", "409", "410", "422"} <= set(answer["responses"])

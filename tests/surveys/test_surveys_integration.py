@@ -199,15 +199,15 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
         # 2. The answer link: bad tokens get 4xx with reasons; a good one becomes feedback exactly once.
         token = happy_request.answer_token
         body, signature = token.split(".")
-        forged = await client.post("/surveys/answers", json={"token": body + "." + signature[::-1], "score": 4})
+        forged = await client.post("/surveys/v1/answers", json={"token": body + "." + signature[::-1], "score": 4})
         assert forged.status_code == 403 and "forged" in forged.json()["detail"]
-        malformed = await client.post("/surveys/answers", json={"token": "not-a-token", "score": 4})
+        malformed = await client.post("/surveys/v1/answers", json={"token": "not-a-token", "score": 4})
         assert malformed.status_code == 400 and "malformed" in malformed.json()["detail"]
-        out_of_range = await client.post("/surveys/answers", json={"token": token, "score": 9})
+        out_of_range = await client.post("/surveys/v1/answers", json={"token": token, "score": 9})
         assert out_of_range.status_code == 422 and "outside 1–5" in out_of_range.json()["detail"]
-        ok = await client.post("/surveys/answers", json={"token": token, "score": 4})
+        ok = await client.post("/surveys/v1/answers", json={"token": token, "score": 4})
         assert ok.status_code == 201, ok.text
-        again = await client.post("/surveys/answers", json={"token": token, "score": 5})
+        again = await client.post("/surveys/v1/answers", json={"token": token, "score": 5})
         assert again.status_code == 409 and "reused" in again.json()["detail"]
 
         # 3. Answers as events; a detractor opens a case; an unknown request goes to the dead-letter topic.
@@ -314,36 +314,36 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
         assert at_risk == Counter({"c-angry": 1, "c-ignored": 1})
 
         # 7. The read API.
-        rate_response = await client.get(f"/surveys/{TENANT}/response-rate", headers=API_KEY)
+        rate_response = await client.get(f"/surveys/v1/tenants/{TENANT}/response-rate", headers=API_KEY)
         assert rate_response.status_code == 200, rate_response.text
         rate = rate_response.json()
         assert (rate["requested"], rate["answered"], rate["suppressed"]) == (5, 3, 1)
         assert rate["response_rate"] == 0.75  # 3 of the 4 that reached someone: suppressed is not unanswered
-        ignored_account = (await client.get(f"/surveys/{TENANT}/customers/c-ignored", headers=API_KEY)).json()
+        ignored_account = (await client.get(f"/surveys/v1/tenants/{TENANT}/customers/c-ignored", headers=API_KEY)).json()
         # delivery +1, answered +1, CSAT 1–2 −4, deadline breached −3, improvement told +2
         assert ignored_account["balance"] == -3 and ignored_account["at_risk"] is True
-        angry_account = (await client.get(f"/surveys/{TENANT}/customers/c-angry", headers=API_KEY)).json()
+        angry_account = (await client.get(f"/surveys/v1/tenants/{TENANT}/customers/c-angry", headers=API_KEY)).json()
         assert angry_account["balance"] == 1 + 1 - 4 + 6 + 2
-        case_view = (await client.get(f"/surveys/{TENANT}/cases", params={"status": "all"}, headers=API_KEY)).json()
+        case_view = (await client.get(f"/surveys/v1/tenants/{TENANT}/cases", params={"status": "all"}, headers=API_KEY)).json()
         assert (case_view["open"], case_view["resolved_within_deadline"], case_view["open_breached"]) == (1, 1, 1)
         assert case_view["sla_compliance"] == 0.5
-        csat = (await client.get(f"/surveys/{TENANT}/csat", params={"period": "month"}, headers=API_KEY)).json()
+        csat = (await client.get(f"/surveys/v1/tenants/{TENANT}/csat", params={"period": "month"}, headers=API_KEY)).json()
         assert sum(b["responses"] for b in csat["buckets"]) == 3
-        themes = (await client.get(f"/surveys/{TENANT}/themes", headers=API_KEY)).json()
+        themes = (await client.get(f"/surveys/v1/tenants/{TENANT}/themes", headers=API_KEY)).json()
         assert themes[0] == {"theme": "delivery", "mentions": 2, "detractor_share": 1.0}
-        assert (await client.get(f"/surveys/{TENANT}/nps", headers={})).status_code == 401
-        bad_period = await client.get(f"/surveys/{TENANT}/nps", params={"period": "year"}, headers=API_KEY)
+        assert (await client.get(f"/surveys/v1/tenants/{TENANT}/nps", headers={})).status_code == 401
+        bad_period = await client.get(f"/surveys/v1/tenants/{TENANT}/nps", params={"period": "year"}, headers=API_KEY)
         assert bad_period.status_code == 422
-        assert (await client.get("/surveys/other-shop/nps", headers=API_KEY)).status_code == 403
+        assert (await client.get("/surveys/v1/tenants/other-shop/nps", headers=API_KEY)).status_code == 403
 
         # 8. The follow-up is answered and never asks again. Later the first-purchase NPS falls due, but within
         #    the recontact period of the delivery survey: recorded as skipped, never sent.
-        follow_answer = await client.post("/surveys/answers", json={"token": follow_up.data.answer_token, "score": 4})
+        follow_answer = await client.post("/surveys/v1/answers", json={"token": follow_up.data.answer_token, "score": 4})
         assert follow_answer.status_code == 201, follow_answer.text
         await publish(kafka_bootstrap, [clock(T + timedelta(days=31))], topic_prefix=prefix)
 
         async def nps_skipped() -> bool:
-            view = (await client.get(f"/surveys/{TENANT}/response-rate", headers=API_KEY)).json()
+            view = (await client.get(f"/surveys/v1/tenants/{TENANT}/response-rate", headers=API_KEY)).json()
             return bool(view["skipped_recontact"] == 4)
 
         await wait_until(nps_skipped, within_s=60)

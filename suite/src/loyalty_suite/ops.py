@@ -26,12 +26,12 @@ CUSTOMER_VIEWS: dict[str, dict[str, str]] = {
         "referrals": "/v1/tenants/{tenant}/customers/{customer}/referrals",
     },
     "surveys": {
-        "feedback_and_loyalty_account": "/surveys/{tenant}/customers/{customer}",
+        "feedback_and_loyalty_account": "/surveys/v1/tenants/{tenant}/customers/{customer}",
     },
     "notifier": {
-        "preferences": "/notifier/{tenant}/customers/{customer}/preferences",
-        "deliveries": "/notifier/{tenant}/customers/{customer}/deliveries",
-        "suppressions": "/notifier/{tenant}/customers/{customer}/suppressions",
+        "preferences": "/notifier/v1/tenants/{tenant}/customers/{customer}/preferences",
+        "deliveries": "/notifier/v1/tenants/{tenant}/customers/{customer}/deliveries",
+        "suppressions": "/notifier/v1/tenants/{tenant}/customers/{customer}/suppressions",
     },
 }
 

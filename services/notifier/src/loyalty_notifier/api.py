@@ -94,7 +94,7 @@ class PreviewView(BaseModel):
 
 
 def build_router(app: NotifierApp) -> APIRouter:
-    router = APIRouter(prefix="/notifier/{tenant}", tags=["notifier"])
+    router = APIRouter(prefix="/notifier/v1/tenants/{tenant}", tags=["notifier"])
     auth = TenantAuth({name: t.header for name, t in app.tenants.items()})
 
     def pool() -> Any:

@@ -1,8 +1,8 @@
 """HTTP API of the surveys service.
 
-- ``POST /surveys/answers``: the answer link's endpoint. The signed token is the credential (customers have
+- ``POST /surveys/v1/answers``: the answer link's endpoint. The signed token is the credential (customers have
   no API key): malformed → 400, forged → 403, expired → 410, already used → 409, bad score → 422.
-- Read endpoints under ``/surveys/{tenant}/...`` authenticated with the tenant's API key (kit TenantAuth):
+- Read endpoints under ``/surveys/v1/tenants/{tenant}/...`` authenticated with the tenant's API key (kit TenantAuth):
   NPS / CSAT by period and segment with the trend, response rates, cases and SLA compliance, theme
   ranking, a customer's feedback history and loyalty-account balance.
 """
@@ -145,7 +145,7 @@ def build_router(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
     """Routers read and write the service's schema through `pool()` (set once the app started)."""
-    router = APIRouter(prefix="/surveys", tags=["surveys"])
+    router = APIRouter(prefix="/surveys/v1", tags=["surveys"])
     Authed = Annotated[Caller, Depends(auth)]
 
     def db() -> asyncpg.Pool:
@@ -254,7 +254,7 @@ def build_router(
             )
         return ScoresOut(tenant=tenant, kind=kind, period=period, segment=segment, buckets=buckets)
 
-    @router.get("/{tenant}/nps", response_model=ScoresOut)
+    @router.get("/tenants/{tenant}/nps", response_model=ScoresOut)
     async def nps(
         tenant: str,
         caller: Authed,
@@ -267,7 +267,7 @@ def build_router(
         _check_range(since, until)
         return await scores(tenant, "nps", period, segment, since, until)
 
-    @router.get("/{tenant}/csat", response_model=ScoresOut)
+    @router.get("/tenants/{tenant}/csat", response_model=ScoresOut)
     async def csat(
         tenant: str,
         caller: Authed,
@@ -280,7 +280,7 @@ def build_router(
         _check_range(since, until)
         return await scores(tenant, "csat", period, segment, since, until)
 
-    @router.get("/{tenant}/response-rate", response_model=ResponseRateOut)
+    @router.get("/tenants/{tenant}/response-rate", response_model=ResponseRateOut)
     async def response_rate(tenant: str, caller: Authed, survey_id: str | None = None) -> ResponseRateOut:
         """Answered share of surveys that reached the customer (suppressed ones are not 'unanswered').
 
@@ -310,7 +310,7 @@ def build_router(
             response_rate=domain.response_rate(r["requested"], r["answered"], r["suppressed"] + r["undelivered"]),
         )
 
-    @router.get("/{tenant}/cases", response_model=CasesOut)
+    @router.get("/tenants/{tenant}/cases", response_model=CasesOut)
     async def cases(
         tenant: str,
         caller: Authed,
@@ -368,7 +368,7 @@ def build_router(
             ],
         )
 
-    @router.get("/{tenant}/themes", response_model=list[ThemeOut])
+    @router.get("/tenants/{tenant}/themes", response_model=list[ThemeOut])
     async def themes(tenant: str, caller: Authed, since: datetime | None = None) -> list[ThemeOut]:
         """Themes ranked by mentions, with the share of detractor answers among them."""
         rows = await db().fetch(
@@ -386,7 +386,7 @@ def build_router(
             for r in rows
         ]
 
-    @router.get("/{tenant}/customers/{customer_id}", response_model=CustomerOut, responses={404: {}})
+    @router.get("/tenants/{tenant}/customers/{customer_id}", response_model=CustomerOut, responses={404: {}})
     async def customer(tenant: str, customer_id: str, caller: Authed) -> CustomerOut:
         """A customer's feedback history and loyalty account (balance and entries, newest first)."""
         conn_pool = db()
