@@ -180,21 +180,21 @@ async def test_invite_register_purchase_hold_grant_refund_revoke_and_redelivery(
 
         # The read API sees the same state.
         async with http_client(app) as http:
-            mine = (await http.get("/v1/tenants/acme-diy/customers/alice/referrals", headers=AUTH)).json()
+            mine = (await http.get("/referrals/v1/tenants/acme-diy/customers/alice/referrals", headers=AUTH)).json()
             statuses = {r["referee_id"]: r["status"] for r in mine["as_referrer"]}
             assert statuses == {"bob": "revoked", "carol": "rejected"}
-            code_out = (await http.get("/v1/tenants/acme-diy/customers/bob/code", headers=AUTH)).json()
+            code_out = (await http.get("/referrals/v1/tenants/acme-diy/customers/bob/code", headers=AUTH)).json()
             assert code_out["code"] == code("bob")
             period = {"since": day(0).isoformat(), "until": day(60).isoformat()}
-            funnel = (await http.get("/v1/tenants/acme-diy/funnel", params=period, headers=AUTH)).json()
+            funnel = (await http.get("/referrals/v1/tenants/acme-diy/funnel", params=period, headers=AUTH)).json()
             assert funnel["counts"] == {"invited": 1, "registered": 2, "first_purchase": 1, "rewarded": 1, "revoked": 1}
             assert funnel["median_days_to_convert"] == 1.0
-            reasons = (await http.get("/v1/tenants/acme-diy/rejections", params=period, headers=AUTH)).json()
+            reasons = (await http.get("/referrals/v1/tenants/acme-diy/rejections", params=period, headers=AUTH)).json()
             assert reasons["reasons"] == [{"reason": "first_order_refunded", "fraud": False, "count": 1}]
             assert reasons["unresolved_codes"] == 0
-            top = (await http.get("/v1/tenants/acme-diy/top-referrers", params=period, headers=AUTH)).json()
+            top = (await http.get("/referrals/v1/tenants/acme-diy/top-referrers", params=period, headers=AUTH)).json()
             assert top == [{"referrer_id": "alice", "conversions": 1, "rewarded": 1}]  # carol's was rejected
-            gap = (await http.get("/v1/tenants/acme-diy/says-vs-does", params=period, headers=AUTH)).json()
+            gap = (await http.get("/referrals/v1/tenants/acme-diy/says-vs-does", params=period, headers=AUTH)).json()
             assert (gap["respondents"], gap["promoters"], gap["promoters_who_referred"]) == (1, 1, 1)
             assert gap["customers"] == 4 and gap["customers_who_referred"] == 1
         assert await list_dead_letters(kafka_bootstrap, app.name, topic_prefix=prefix) == []
@@ -208,31 +208,31 @@ async def _wait_for_duplicates(app: ServiceApp, count: int) -> None:
 
 async def test_api_refuses_bad_requests_with_reasons(app: ServiceApp) -> None:
     async with running(app), http_client(app) as http:
-        missing = await http.get("/v1/tenants/acme-diy/funnel")
+        missing = await http.get("/referrals/v1/tenants/acme-diy/funnel")
         assert missing.status_code == 401 and "Authorization" in missing.json()["detail"]
-        wrong = await http.get("/v1/tenants/other/funnel", headers=AUTH)
+        wrong = await http.get("/referrals/v1/tenants/other/funnel", headers=AUTH)
         assert wrong.status_code == 403 and "another tenant" in wrong.json()["detail"]
         backwards = await http.get(
-            "/v1/tenants/acme-diy/funnel",
+            "/referrals/v1/tenants/acme-diy/funnel",
             headers=AUTH,
             params={"since": day(5).isoformat(), "until": day(1).isoformat()},
         )
         assert backwards.status_code == 400 and backwards.json()["detail"] == "since must be before until"
-        naive = await http.get("/v1/tenants/acme-diy/funnel", headers=AUTH, params={"since": "2026-03-01T00:00:00"})
+        naive = await http.get("/referrals/v1/tenants/acme-diy/funnel", headers=AUTH, params={"since": "2026-03-01T00:00:00"})
         assert naive.status_code == 400 and "UTC offset" in naive.json()["detail"]
-        limit = await http.get("/v1/tenants/acme-diy/top-referrers", headers=AUTH, params={"limit": 0})
+        limit = await http.get("/referrals/v1/tenants/acme-diy/top-referrers", headers=AUTH, params={"limit": 0})
         assert limit.status_code == 422 and "limit" in str(limit.json()["detail"])
-        unknown = await http.get("/v1/tenants/acme-diy/customers/nobody/code", headers=AUTH)
+        unknown = await http.get("/referrals/v1/tenants/acme-diy/customers/nobody/code", headers=AUTH)
         assert unknown.status_code == 404 and "no referral code" in unknown.json()["detail"]
         review = await http.post(
-            "/v1/tenants/acme-diy/reviews/nope", headers=AUTH, json={"decision": "approve", "staff": "s1"}
+            "/referrals/v1/tenants/acme-diy/reviews/nope", headers=AUTH, json={"decision": "approve", "staff": "s1"}
         )
         assert review.status_code == 404 and "not known" in review.json()["detail"]
-        bad_body = await http.post("/v1/tenants/acme-diy/reviews/nope", headers=AUTH, json={"decision": "maybe"})
+        bad_body = await http.post("/referrals/v1/tenants/acme-diy/reviews/nope", headers=AUTH, json={"decision": "maybe"})
         assert bad_body.status_code == 422
         spec = (await http.get("/openapi.json")).json()
-        assert spec["paths"]["/v1/tenants/{tenant}/funnel"]["get"]["responses"]["200"]
-        assert "/v1/tenants/{tenant}/says-vs-does" in spec["paths"]
+        assert spec["paths"]["/referrals/v1/tenants/{tenant}/funnel"]["get"]["responses"]["200"]
+        assert "/referrals/v1/tenants/{tenant}/says-vs-does" in spec["paths"]
 
 
 async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceApp, kafka_bootstrap: str) -> None:
@@ -255,7 +255,7 @@ async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceA
         await out.wait("ReferralCodeIssued", 2)
 
         async def queue() -> list[dict[str, Any]]:
-            return (await http.get("/v1/tenants/acme-diy/reviews", headers=AUTH)).json()
+            return (await http.get("/referrals/v1/tenants/acme-diy/reviews", headers=AUTH)).json()
 
         from loyalty_kit.testing import wait_until
 
@@ -266,7 +266,7 @@ async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceA
         ]
         assert out.of("ReferralConverted") == []  # nothing happens until staff decide
         approved = await http.post(
-            f"/v1/tenants/acme-diy/reviews/{held[0]['referral_id']}",
+            f"/referrals/v1/tenants/acme-diy/reviews/{held[0]['referral_id']}",
             headers=AUTH,
             json={"decision": "approve", "staff": "staff-7"},
         )
@@ -274,7 +274,7 @@ async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceA
         converted = await out.wait("ReferralConverted", 1)
         assert (converted[0].referrer_id, converted[0].referee_id) == ("erin", "finn")
         again = await http.post(
-            f"/v1/tenants/acme-diy/reviews/{held[0]['referral_id']}",
+            f"/referrals/v1/tenants/acme-diy/reviews/{held[0]['referral_id']}",
             headers=AUTH,
             json={"decision": "reject", "staff": "staff-7"},
         )
@@ -282,14 +282,14 @@ async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceA
 
         # Vanity codes: unique per tenant, announced, and usable by friends.
         mine = await http.put(
-            "/v1/tenants/acme-diy/customers/erin/vanity-code", headers=AUTH, json={"code": "erin-builds"}
+            "/referrals/v1/tenants/acme-diy/customers/erin/vanity-code", headers=AUTH, json={"code": "erin-builds"}
         )
         assert mine.status_code == 200 and mine.json()["vanity_code"] == "ERINBUILDS"
         taken = await http.put(
-            "/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "ERIN BUILDS"}
+            "/referrals/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "ERIN BUILDS"}
         )
         assert taken.status_code == 409 and "already taken" in taken.json()["detail"]
-        short = await http.put("/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "x"})
+        short = await http.put("/referrals/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "x"})
         assert short.status_code == 400 and "4 to 20" in short.json()["detail"]
         vanity_issued = await out.wait("ReferralCodeIssued", 3)
         assert [e.code for e in vanity_issued if e.vanity] == ["ERINBUILDS"]

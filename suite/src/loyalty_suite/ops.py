@@ -22,8 +22,8 @@ CUSTOMER_VIEWS: dict[str, dict[str, str]] = {
         "ledger": "/tiers/v1/tenants/{tenant}/customers/{customer}/ledger",
     },
     "referrals": {
-        "code": "/v1/tenants/{tenant}/customers/{customer}/code",
-        "referrals": "/v1/tenants/{tenant}/customers/{customer}/referrals",
+        "code": "/referrals/v1/tenants/{tenant}/customers/{customer}/code",
+        "referrals": "/referrals/v1/tenants/{tenant}/customers/{customer}/referrals",
     },
     "surveys": {
         "feedback_and_loyalty_account": "/surveys/v1/tenants/{tenant}/customers/{customer}",

@@ -169,7 +169,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 def build_router(app: ServiceApp, runtime: Runtime, auth: TenantAuth) -> APIRouter:
-    router = APIRouter(prefix="/v1/tenants/{tenant}", tags=["referrals"], dependencies=[Depends(auth)])
+    router = APIRouter(prefix="/referrals/v1/tenants/{tenant}", tags=["referrals"], dependencies=[Depends(auth)])
 
     def pool() -> asyncpg.Pool:
         if app.pool is None:
