@@ -205,6 +205,9 @@ class Entry:
     ref: str  # order id, sku, reward id, ... (what the entry is about)
 
 
+_ONE = Decimal(1)
+
+
 def _floor(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_FLOOR))
 
@@ -340,7 +343,7 @@ def derive_ledger(program: TiersProgram, facts: Iterable[Fact], zone: ZoneInfo |
                     line_raw.append(0)
                     notes.append(f"{line.line_id}: {line.category} excluded")
                     continue
-                multiplier = rule.category_multipliers.get(line.category, Decimal(1))
+                multiplier = rule.category_multipliers.get(line.category, _ONE)
                 amount = Decimal(line.unit_price_minor * line.quantity)
                 points = max(0, _floor(amount * rule.points_per_currency_unit * multiplier / scale))
                 line_raw.append(points)

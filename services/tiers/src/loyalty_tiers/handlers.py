@@ -226,7 +226,8 @@ async def apply_customers(
                 ledger_rows.append((customer_id, key[0], entry))
             entries[entry.entry_id] = key
 
-        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, facts, entries)
+        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, facts, entries,
+                                   before.facts_json if before is not None else ())
         customer_rows.append(row)
         for effect in outcome.effects:
             event = to_event(rules, customer_id, effect, as_of)

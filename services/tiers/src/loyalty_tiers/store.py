@@ -46,6 +46,9 @@ class CustomerRow:
     facts: tuple[Fact, ...] = ()
     entries: dict[str, EntryKey] = field(default_factory=dict)
     entries_version: int = 0
+    # The stored JSON of the first ``len(facts_json)`` facts, as loaded: written back as it is instead of
+    # serialising every old fact again on each event (facts are only ever appended).
+    facts_json: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.tier, frozenset(Decimal(m) for m in self.milestones), self.notice_for)
@@ -58,7 +61,9 @@ class CustomerRow:
         snapshot: Snapshot,
         facts: Sequence[Fact] = (),
         entries: dict[str, EntryKey] | None = None,
+        facts_json: tuple[dict[str, Any], ...] = (),
     ) -> CustomerRow:
+        """``facts_json``: the stored JSON of a prefix of ``facts`` (what ``load_customers`` read)."""
         pending: PendingDowngrade | None = state.pending
         return CustomerRow(
             customer_id=customer_id,
@@ -77,12 +82,13 @@ class CustomerRow:
             facts=tuple(facts),
             entries=entries if entries is not None else {},
             entries_version=program.version,
+            facts_json=facts_json[: len(facts)],
         )
 
     def doc_json(self) -> str:
         return _DOC_ENCODER.encode({
             "version": self.entries_version,
-            "facts": [fact_to_json(f) for f in self.facts],
+            "facts": [*self.facts_json, *(fact_to_json(f) for f in self.facts[len(self.facts_json):])],
             "entries": {k: list(v) for k, v in self.entries.items()},
         })
 
@@ -116,7 +122,9 @@ def _customer(row: asyncpg.Record) -> CustomerRow:
     values: dict[str, Any] = dict(row.items())
     values["milestones"] = tuple(values["milestones"])
     doc = json.loads(values.pop("doc"))
-    values["facts"] = tuple(fact_from_json(f) for f in doc["facts"])
+    stored_facts = doc["facts"]
+    values["facts"] = tuple(fact_from_json(f) for f in stored_facts)
+    values["facts_json"] = tuple(stored_facts)
     values["entries"] = {k: tuple(v) for k, v in doc["entries"].items()}
     values["entries_version"] = doc["version"]
     return CustomerRow(**values)
