@@ -219,6 +219,8 @@ def _allocate(total: int, weights: Sequence[int]) -> list[int]:
     weight_sum = sum(weights)
     if weight_sum == 0 or total == 0:
         return [0] * len(weights)
+    if total == weight_sum:  # nothing capped (the common case): each line keeps its own points
+        return list(weights)
     shares = [total * w // weight_sum for w in weights]
     remainders = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % weight_sum), i))
     for i in remainders[: total - sum(shares)]:
