@@ -265,28 +265,11 @@ async def partition_lag(bootstrap: str, group: str) -> dict[str, tuple[int, int]
 
 
 def subscribed_topics(service: str) -> list[str]:
-    """The topics a service's batch handlers subscribe to, from the service's own declaration.
+    """The topics a service's batch handlers subscribe to: the catalogue's consumers, which
+    tests/suite/test_catalogue_matches_services.py proves equal to each service's own declaration."""
+    from loyalty_contracts.catalogue import topics_consumed_by
 
-    Not the catalogue's `topics_consumed_by`: the catalogue lists loyalty.referral-converted.v1 for tiers,
-    which tiers deliberately does not consume, and a group committed on a topic it never reads shows lag forever.
-    """
-    from loyalty_contracts.catalogue import topic_for
-
-    if service == "tiers":
-        from loyalty_tiers.handlers import CONSUMED_TYPES as types
-    elif service == "referrals":
-        from loyalty_referrals.handlers import CONSUMED as types
-    elif service == "surveys":
-        from loyalty_surveys.handlers import consumed_event_types
-
-        types = tuple(consumed_event_types())
-    elif service == "notifier":
-        from loyalty_notifier.handlers import consumed_event_types as notifier_types
-
-        types = tuple(notifier_types([]))
-    else:
-        raise KeyError(service)
-    return sorted({topic_for(t) for t in types})
+    return sorted(topics_consumed_by(service))
 
 
 async def delete_groups(bootstrap: str, groups: Iterable[str]) -> dict[str, int]:
