@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from .stack import Endpoints, LocalStack
+from .stack.processes import peak_rss_mib, tree_pss_mib
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +29,30 @@ def stack_endpoints() -> Iterator[Endpoints]:
     try:
         yield stack.up()
     finally:
+        _MEMORY.update(_stack_memory(stack))
         stack.down()
         shutil.rmtree(root, ignore_errors=True)
+
+
+_MEMORY: dict[str, float] = {}
+
+
+def _stack_memory(stack: LocalStack) -> dict[str, float]:
+    state = stack.read_state() or {}
+    out: dict[str, float] = {}
+    if "kafka_pid" in state and (hwm := peak_rss_mib(int(state["kafka_pid"]))) is not None:
+        out["kafka peak RSS MiB"] = hwm
+    if "pg_pid" in state and (pss := tree_pss_mib(int(state["pg_pid"]))) is not None:
+        out["postgres PSS at end MiB (all processes)"] = pss
+    return out
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Memory of the embedded stack the session used (the issue asks for broker and Postgres peaks)."""
+    if _MEMORY:
+        terminalreporter.write_line(
+            "local stack memory: " + ", ".join(f"{k} {v:.0f}" for k, v in _MEMORY.items())
+        )
 
 
 @pytest.fixture(scope="session")
