@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from loyalty_kit.bulk import insert_rows
 
 from loyalty_referrals.domain import (
     Claim,
@@ -337,6 +338,11 @@ async def load_referrals(
     return book
 
 
+def _tenant(tenant: str) -> dict[str, tuple[str, Any]]:
+    """Every row of a tenant-scoped table carries the batch's tenant."""
+    return {"tenant": ("text", tenant)}
+
+
 def _ts(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -389,15 +395,14 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
                 ]
             ),
         )
-        pairs = [(h, c.customer_id) for c in customers for h in sorted(c.contact_hashes)]
-        if pairs:
-            await conn.execute(
-                "INSERT INTO customer_contacts (tenant, contact_hash, customer_id) "
-                "SELECT $1, h, c FROM unnest($2::text[], $3::text[]) AS u(h, c) ON CONFLICT DO NOTHING",
-                tenant,
-                [h for h, _ in pairs],
-                [c for _, c in pairs],
-            )
+        await insert_rows(
+            conn,
+            "customer_contacts",
+            [("contact_hash", "text"), ("customer_id", "text")],
+            [(h, c.customer_id) for c in customers for h in sorted(c.contact_hashes)],
+            constants=_tenant(tenant),
+            on_conflict="DO NOTHING",
+        )
         issued = [c for c in customers if c.code is not None]
         if issued:
             await conn.execute(
@@ -408,45 +413,50 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
                 [normalize_code(c.code or "") for c in issued],
                 [c.customer_id for c in issued],
             )
-    if book.new_invitations:
-        invs = book.new_invitations
-        await conn.execute(
-            "INSERT INTO invitations (tenant, invitation_id, referrer_id, contact_hash, invited_at, channel, "
-            "email_domain) SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], "
-            "$6::text[], $7::text[]) ON CONFLICT DO NOTHING",
-            tenant,
-            [i.invitation_id for i in invs],
-            [i.referrer_id for i in invs],
-            [i.contact_hash for i in invs],
-            [i.at for i in invs],
-            [i.channel for i in invs],
-            [i.email_domain for i in invs],
-        )
-    if book.new_claims:
-        claims = book.new_claims
-        await conn.execute(
-            "INSERT INTO claims (tenant, referee_id, referrer_id, source, claimed_at, invitation_id, email_domain) "
-            "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::smallint[], $5::timestamptz[], $6::text[], "
-            "$7::text[]) ON CONFLICT DO NOTHING",
-            tenant,
-            [c.referee_id for c in claims],
-            [c.referrer_id for c in claims],
-            [int(c.source) for c in claims],
-            [c.claimed_at for c in claims],
-            [c.invitation_id or "" for c in claims],
-            [c.email_domain for c in claims],
-        )
-    if book.new_pending:
-        await conn.execute(
-            "INSERT INTO pending_codes (tenant, code, referee_id, source, claimed_at) "
-            "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::smallint[], $5::timestamptz[]) "
-            "ON CONFLICT DO NOTHING",
-            tenant,
-            [p.code for p in book.new_pending],
-            [p.referee_id for p in book.new_pending],
-            [int(p.source) for p in book.new_pending],
-            [p.claimed_at for p in book.new_pending],
-        )
+    await insert_rows(
+        conn,
+        "invitations",
+        [
+            ("invitation_id", "text"),
+            ("referrer_id", "text"),
+            ("contact_hash", "text"),
+            ("invited_at", "timestamptz"),
+            ("channel", "text"),
+            ("email_domain", "text"),
+        ],
+        [
+            (i.invitation_id, i.referrer_id, i.contact_hash, i.at, i.channel, i.email_domain)
+            for i in book.new_invitations
+        ],
+        constants=_tenant(tenant),
+        on_conflict="DO NOTHING",
+    )
+    await insert_rows(
+        conn,
+        "claims",
+        [
+            ("referee_id", "text"),
+            ("referrer_id", "text"),
+            ("source", "smallint"),
+            ("claimed_at", "timestamptz"),
+            ("invitation_id", "text"),
+            ("email_domain", "text"),
+        ],
+        [
+            (c.referee_id, c.referrer_id, int(c.source), c.claimed_at, c.invitation_id or "", c.email_domain)
+            for c in book.new_claims
+        ],
+        constants=_tenant(tenant),
+        on_conflict="DO NOTHING",
+    )
+    await insert_rows(
+        conn,
+        "pending_codes",
+        [("code", "text"), ("referee_id", "text"), ("source", "smallint"), ("claimed_at", "timestamptz")],
+        [(p.code, p.referee_id, int(p.source), p.claimed_at) for p in book.new_pending],
+        constants=_tenant(tenant),
+        on_conflict="DO NOTHING",
+    )
     if book.resolved_pending:
         await conn.execute(
             "DELETE FROM pending_codes p USING unnest($2::text[], $3::text[], $4::smallint[]) AS r(code, referee, src) "
@@ -517,20 +527,21 @@ class RejectionRow:
 
 
 async def save_rejections(conn: asyncpg.Connection, tenant: str, rows: Sequence[RejectionRow]) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO rejections (tenant, event_id, referee_id, referrer_id, referral_id, reason, detail, "
-        "rejected_at) SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-        "$7::text[], $8::timestamptz[]) ON CONFLICT DO NOTHING",
-        tenant,
-        [r.event_id for r in rows],
-        [r.referee_id for r in rows],
-        [r.referrer_id for r in rows],
-        [r.referral_id for r in rows],
-        [r.reason for r in rows],
-        [r.detail for r in rows],
-        [r.at for r in rows],
+    await insert_rows(
+        conn,
+        "rejections",
+        [
+            ("event_id", "text"),
+            ("referee_id", "text"),
+            ("referrer_id", "text"),
+            ("referral_id", "text"),
+            ("reason", "text"),
+            ("detail", "text"),
+            ("rejected_at", "timestamptz"),
+        ],
+        [(r.event_id, r.referee_id, r.referrer_id, r.referral_id, r.reason, r.detail, r.at) for r in rows],
+        constants=_tenant(tenant),
+        on_conflict="DO NOTHING",
     )
 
 
@@ -544,18 +555,19 @@ class FeedbackRow:
 
 
 async def save_feedback(conn: asyncpg.Connection, tenant: str, rows: Sequence[FeedbackRow]) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO feedback (tenant, feedback_id, customer_id, survey_kind, score, received_at) "
-        "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[]) "
-        "ON CONFLICT DO NOTHING",
-        tenant,
-        [r.feedback_id for r in rows],
-        [r.customer_id for r in rows],
-        [r.survey_kind for r in rows],
-        [r.score for r in rows],
-        [r.at for r in rows],
+    await insert_rows(
+        conn,
+        "feedback",
+        [
+            ("feedback_id", "text"),
+            ("customer_id", "text"),
+            ("survey_kind", "text"),
+            ("score", "smallint"),
+            ("received_at", "timestamptz"),
+        ],
+        [(r.feedback_id, r.customer_id, r.survey_kind, r.score, r.at) for r in rows],
+        constants=_tenant(tenant),
+        on_conflict="DO NOTHING",
     )
 
 
