@@ -119,15 +119,21 @@ _CUSTOMER_COLUMNS = (
 
 
 def _customer(row: asyncpg.Record) -> CustomerRow:
-    values: dict[str, Any] = dict(row.items())
-    values["milestones"] = tuple(values["milestones"])
-    doc = json.loads(values.pop("doc"))
+    # Unpacked by position (the SELECT lists _CUSTOMER_COLUMNS, then doc): no per-row dict of the record.
+    (customer_id, program_version, tier, since, reason, points, as_of, pending_to, pending_effective_at,
+     pending_notice_at, milestones, notice_for, next_check_at, doc_text) = row
+    doc = json.loads(doc_text)
     stored_facts = doc["facts"]
-    values["facts"] = tuple(fact_from_json(f) for f in stored_facts)
-    values["facts_json"] = tuple(stored_facts)
-    values["entries"] = {k: tuple(v) for k, v in doc["entries"].items()}
-    values["entries_version"] = doc["version"]
-    return CustomerRow(**values)
+    return CustomerRow(
+        customer_id=customer_id, program_version=program_version, tier=tier, since=since, reason=reason,
+        points=points, as_of=as_of, pending_to=pending_to, pending_effective_at=pending_effective_at,
+        pending_notice_at=pending_notice_at, milestones=tuple(milestones), notice_for=notice_for,
+        next_check_at=next_check_at,
+        facts=tuple([fact_from_json(f) for f in stored_facts]),
+        entries={k: tuple(v) for k, v in doc["entries"].items()},
+        entries_version=doc["version"],
+        facts_json=tuple(stored_facts),
+    )
 
 
 async def lock_customers(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> None:
@@ -147,7 +153,8 @@ async def load_customers(conn: asyncpg.Connection, tenant: str, customers: Seque
         "WHERE tenant = $1 AND customer_id = ANY($2::text[])",
         tenant, list(customers),
     )
-    return {r["customer_id"]: _customer(r) for r in rows}
+    parsed = [_customer(r) for r in rows]
+    return {c.customer_id: c for c in parsed}
 
 
 async def load_customer(conn: asyncpg.Connection, tenant: str, customer_id: str) -> CustomerRow | None:
