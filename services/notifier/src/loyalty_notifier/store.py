@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from loyalty_kit.bulk import insert_rows
 
 from loyalty_notifier.domain import (
     Category,
@@ -78,34 +79,48 @@ async def load_customers(conn: asyncpg.Connection, keys: Iterable[CustomerKey]) 
     return {(r["tenant"], r["customer_id"]): _customer_from(r) for r in rows}
 
 
+_CUSTOMER_COLUMNS = [
+    ("tenant", "text"),
+    ("customer_id", "text"),
+    ("name", "text"),
+    ("locale", "text"),
+    ("time_zone", "text"),
+    ("contacts", "jsonb"),
+    ("consents", "jsonb"),
+    ("channel_consents", "jsonb"),
+    ("registered_at", "timestamptz"),
+    ("tier", "text"),
+    ("last_purchase", "jsonb"),
+]
+
+
 async def save_customers(conn: asyncpg.Connection, rows: dict[CustomerKey, CustomerRow]) -> None:
-    if not rows:
-        return
-    items = sorted(rows.items())
-    await conn.execute(
-        """
-        INSERT INTO customers (tenant, customer_id, name, locale, time_zone, contacts, consents, channel_consents,
-                               registered_at, tier, last_purchase, updated_at)
-        SELECT t, id, n, l, z, c::jsonb, cs::jsonb, cc::jsonb, r, tr, lp::jsonb, now()
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                    $9::timestamptz[], $10::text[], $11::text[]) AS u(t, id, n, l, z, c, cs, cc, r, tr, lp)
-        ON CONFLICT (tenant, customer_id) DO UPDATE SET
-            name = EXCLUDED.name, locale = EXCLUDED.locale, time_zone = EXCLUDED.time_zone,
-            contacts = EXCLUDED.contacts, consents = EXCLUDED.consents,
-            channel_consents = EXCLUDED.channel_consents, registered_at = EXCLUDED.registered_at,
-            tier = EXCLUDED.tier, last_purchase = EXCLUDED.last_purchase, updated_at = now()
-        """,
-        [k[0] for k, _ in items],
-        [k[1] for k, _ in items],
-        [r.profile.name for _, r in items],
-        [r.profile.locale for _, r in items],
-        [r.profile.timezone for _, r in items],
-        [json.dumps({ch.value: v for ch, v in r.profile.contacts.items()}) for _, r in items],
-        [_consents_json(dict(r.profile.consents), lambda c: c.value) for _, r in items],
-        [_consents_json(dict(r.profile.channel_consents), lambda k: f"{k[0].value}/{k[1].value}") for _, r in items],
-        [r.profile.registered_at for _, r in items],
-        [r.tier for _, r in items],
-        [json.dumps(r.last_purchase) if r.last_purchase is not None else None for _, r in items],
+    # A new row's updated_at is the column default, now().
+    await insert_rows(
+        conn,
+        "customers",
+        _CUSTOMER_COLUMNS,
+        [
+            (
+                tenant,
+                customer_id,
+                r.profile.name,
+                r.profile.locale,
+                r.profile.timezone,
+                json.dumps({ch.value: v for ch, v in r.profile.contacts.items()}),
+                _consents_json(dict(r.profile.consents), lambda c: c.value),
+                _consents_json(dict(r.profile.channel_consents), lambda k: f"{k[0].value}/{k[1].value}"),
+                r.profile.registered_at,
+                r.tier,
+                json.dumps(r.last_purchase) if r.last_purchase is not None else None,
+            )
+            for (tenant, customer_id), r in sorted(rows.items())
+        ],
+        on_conflict="(tenant, customer_id) DO UPDATE SET "
+        "name = EXCLUDED.name, locale = EXCLUDED.locale, time_zone = EXCLUDED.time_zone, "
+        "contacts = EXCLUDED.contacts, consents = EXCLUDED.consents, "
+        "channel_consents = EXCLUDED.channel_consents, registered_at = EXCLUDED.registered_at, "
+        "tier = EXCLUDED.tier, last_purchase = EXCLUDED.last_purchase, updated_at = now()",
     )
 
 
@@ -134,39 +149,59 @@ class NewDelivery:
     traceparent: str | None = None
 
 
+_DELIVERY_COLUMNS = [
+    ("tenant", "text"),
+    ("customer_id", "text"),
+    ("notification_id", "text"),
+    ("source_event_id", "text"),
+    ("source_event_type", "text"),
+    ("channel", "text"),
+    ("recipient", "text"),
+    ("endpoint_id", "text"),
+    ("category", "text"),
+    ("template", "text"),
+    ("locale", "text"),
+    ("time_zone", "text"),
+    ("content", "jsonb"),
+    ("fallbacks", "jsonb"),
+    ("journey_step", "text"),
+    ("due_at", "timestamptz"),
+    ("source_time", "timestamptz"),
+    ("traceparent", "text"),
+]
+
+
 async def insert_deliveries(conn: asyncpg.Connection, rows: Sequence[NewDelivery]) -> int:
     """Planned messages; a (source event, recipient, channel) already planned is left alone (never twice)."""
-    if not rows:
-        return 0
-    inserted = await conn.fetch(
-        """
-        INSERT INTO deliveries (tenant, customer_id, notification_id, source_event_id, source_event_type, channel,
-                                recipient, endpoint_id, category, template, locale, time_zone, content, fallbacks,
-                                journey_step, due_at, source_time, traceparent)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[],
-                             $14::jsonb[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::text[])
-        ON CONFLICT (tenant, source_event_id, recipient, channel) DO NOTHING
-        RETURNING id
-        """,
-        [r.tenant for r in rows],
-        [r.customer_id for r in rows],
-        [r.notification_id for r in rows],
-        [r.source_event_id for r in rows],
-        [r.source_event_type for r in rows],
-        [r.channel.value for r in rows],
-        [r.recipient for r in rows],
-        [r.endpoint_id for r in rows],
-        [r.category.value for r in rows],
-        [r.template for r in rows],
-        [r.locale for r in rows],
-        [r.time_zone for r in rows],
-        [json.dumps(r.content) for r in rows],
-        [json.dumps([[c.value, rcpt] for c, rcpt in r.fallbacks]) for r in rows],
-        [r.journey_step for r in rows],
-        [r.due_at for r in rows],
-        [r.source_time for r in rows],
-        [r.traceparent for r in rows],
+    inserted = await insert_rows(
+        conn,
+        "deliveries",
+        _DELIVERY_COLUMNS,
+        [
+            (
+                r.tenant,
+                r.customer_id,
+                r.notification_id,
+                r.source_event_id,
+                r.source_event_type,
+                r.channel.value,
+                r.recipient,
+                r.endpoint_id,
+                r.category.value,
+                r.template,
+                r.locale,
+                r.time_zone,
+                json.dumps(r.content),
+                json.dumps([[c.value, rcpt] for c, rcpt in r.fallbacks]),
+                r.journey_step,
+                r.due_at,
+                r.source_time,
+                r.traceparent,
+            )
+            for r in rows
+        ],
+        on_conflict="(tenant, source_event_id, recipient, channel) DO NOTHING",
+        returning=["id"],
     )
     return len(inserted)
 
@@ -301,17 +336,21 @@ class Attempt:
 
 
 async def log_attempts(conn: asyncpg.Connection, attempts: Sequence[Attempt]) -> None:
-    if not attempts:
-        return
-    await conn.execute(
-        "INSERT INTO delivery_attempts (delivery_id, attempt, ok, failure_kind, status_code, detail) "
-        "SELECT * FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::text[], $5::int[], $6::text[])",
-        [a.delivery_id for a in attempts],
-        [a.attempt for a in attempts],
-        [a.ok for a in attempts],
-        [a.failure_kind for a in attempts],
-        [a.status_code for a in attempts],
-        [a.detail[:1000] if a.detail else None for a in attempts],
+    await insert_rows(
+        conn,
+        "delivery_attempts",
+        [
+            ("delivery_id", "bigint"),
+            ("attempt", "int"),
+            ("ok", "bool"),
+            ("failure_kind", "text"),
+            ("status_code", "int"),
+            ("detail", "text"),
+        ],
+        [
+            (a.delivery_id, a.attempt, a.ok, a.failure_kind, a.status_code, a.detail[:1000] if a.detail else None)
+            for a in attempts
+        ],
     )
 
 
@@ -333,27 +372,36 @@ class SuppressionRow:
 
 async def insert_suppressions(conn: asyncpg.Connection, rows: Sequence[SuppressionRow]) -> list[int]:
     """Returns the indexes of rows that were new (a redelivered event does not report twice)."""
-    if not rows:
-        return []
-    inserted = await conn.fetch(
-        """
-        INSERT INTO suppressions (tenant, customer_id, source_event_id, source_event_type, template, category,
-                                  channel, reason, detail)
-        SELECT t, c, s, st, tp, cat, ch, r, d
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                    $9::text[]) AS u(t, c, s, st, tp, cat, ch, r, d)
-        ON CONFLICT (tenant, source_event_id, customer_id, reason) DO NOTHING
-        RETURNING source_event_id, customer_id, reason
-        """,
-        [r.tenant for r in rows],
-        [r.customer_id for r in rows],
-        [r.source_event_id for r in rows],
-        [r.source_event_type for r in rows],
-        [r.template for r in rows],
-        [r.category.value if r.category else None for r in rows],
-        [r.channel.value if r.channel else None for r in rows],
-        [r.reason for r in rows],
-        [r.detail[:500] for r in rows],
+    inserted = await insert_rows(
+        conn,
+        "suppressions",
+        [
+            ("tenant", "text"),
+            ("customer_id", "text"),
+            ("source_event_id", "text"),
+            ("source_event_type", "text"),
+            ("template", "text"),
+            ("category", "text"),
+            ("channel", "text"),
+            ("reason", "text"),
+            ("detail", "text"),
+        ],
+        [
+            (
+                r.tenant,
+                r.customer_id,
+                r.source_event_id,
+                r.source_event_type,
+                r.template,
+                r.category.value if r.category else None,
+                r.channel.value if r.channel else None,
+                r.reason,
+                r.detail[:500],
+            )
+            for r in rows
+        ],
+        on_conflict="(tenant, source_event_id, customer_id, reason) DO NOTHING",
+        returning=["source_event_id", "customer_id", "reason"],
     )
     new = {(r["source_event_id"], r["customer_id"], r["reason"]) for r in inserted}
     return [i for i, r in enumerate(rows) if (r.source_event_id, r.customer_id, r.reason) in new]
@@ -387,17 +435,18 @@ async def contact_history(
 
 async def reserve_contacts(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, Category, datetime]]) -> None:
     """(tenant, customer, source event, category, at): one budget slot per message, whatever the channel."""
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO contact_log (tenant, customer_id, source_event_id, category, sent_at) "
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) "
-        "ON CONFLICT DO NOTHING",
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        [r[3].value for r in rows],
-        [r[4] for r in rows],
+    await insert_rows(
+        conn,
+        "contact_log",
+        [
+            ("tenant", "text"),
+            ("customer_id", "text"),
+            ("source_event_id", "text"),
+            ("category", "text"),
+            ("sent_at", "timestamptz"),
+        ],
+        [(tenant, customer, event, category.value, at) for tenant, customer, event, category, at in rows],
+        on_conflict="DO NOTHING",
     )
 
 
@@ -436,19 +485,15 @@ async def endpoint_health(
 
 
 async def save_endpoint_health(conn: asyncpg.Connection, health: dict[tuple[str, str], EndpointHealth]) -> None:
-    if not health:
-        return
-    items = sorted(health.items())
-    await conn.execute(
-        "INSERT INTO webhook_endpoints (tenant, endpoint_id, consecutive_failures, disabled, changed_at) "
-        "SELECT t, e, f, d, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::bool[]) AS u(t, e, f, d) "
-        "ON CONFLICT (tenant, endpoint_id) DO UPDATE SET consecutive_failures = EXCLUDED.consecutive_failures, "
+    # A new row's changed_at is the column default, now().
+    await insert_rows(
+        conn,
+        "webhook_endpoints",
+        [("tenant", "text"), ("endpoint_id", "text"), ("consecutive_failures", "int"), ("disabled", "bool")],
+        [(tenant, endpoint, h.consecutive_failures, h.disabled) for (tenant, endpoint), h in sorted(health.items())],
+        on_conflict="(tenant, endpoint_id) DO UPDATE SET consecutive_failures = EXCLUDED.consecutive_failures, "
         "disabled = EXCLUDED.disabled, changed_at = CASE WHEN webhook_endpoints.disabled <> EXCLUDED.disabled "
         "THEN now() ELSE webhook_endpoints.changed_at END",
-        [k[0] for k, _ in items],
-        [k[1] for k, _ in items],
-        [h.consecutive_failures for _, h in items],
-        [h.disabled for _, h in items],
     )
 
 
@@ -482,26 +527,26 @@ async def load_journeys(conn: asyncpg.Connection, keys: Iterable[CustomerKey]) -
 
 
 async def save_journeys(conn: asyncpg.Connection, states: dict[JourneyKey, JourneyState]) -> None:
-    if not states:
-        return
-    items = sorted(states.items())
-    await conn.execute(
-        """
-        INSERT INTO journeys (tenant, customer_id, journey, started_at, path, path_entered_at, exited_at, exit_reason)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::timestamptz[],
-                             $7::timestamptz[], $8::text[])
-        ON CONFLICT (tenant, customer_id, journey) DO UPDATE SET path = EXCLUDED.path,
-            path_entered_at = EXCLUDED.path_entered_at, exited_at = EXCLUDED.exited_at,
-            exit_reason = EXCLUDED.exit_reason
-        """,
-        [k[0] for k, _ in items],
-        [k[1] for k, _ in items],
-        [k[2] for k, _ in items],
-        [s.started_at for _, s in items],
-        [s.path for _, s in items],
-        [s.path_entered_at for _, s in items],
-        [s.exited_at for _, s in items],
-        [s.exit_reason for _, s in items],
+    await insert_rows(
+        conn,
+        "journeys",
+        [
+            ("tenant", "text"),
+            ("customer_id", "text"),
+            ("journey", "text"),
+            ("started_at", "timestamptz"),
+            ("path", "text"),
+            ("path_entered_at", "timestamptz"),
+            ("exited_at", "timestamptz"),
+            ("exit_reason", "text"),
+        ],
+        [
+            (*key, s.started_at, s.path, s.path_entered_at, s.exited_at, s.exit_reason)
+            for key, s in sorted(states.items())
+        ],
+        on_conflict="(tenant, customer_id, journey) DO UPDATE SET path = EXCLUDED.path, "
+        "path_entered_at = EXCLUDED.path_entered_at, exited_at = EXCLUDED.exited_at, "
+        "exit_reason = EXCLUDED.exit_reason",
     )
 
 
@@ -524,13 +569,19 @@ async def decided_steps(conn: asyncpg.Connection, keys: Iterable[JourneyKey]) ->
 
 
 async def mark_steps(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, datetime, str]]) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO journey_steps (tenant, customer_id, journey, step, decided_at, outcome) "
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) "
-        "ON CONFLICT DO NOTHING",
-        *[[r[i] for r in rows] for i in range(6)],
+    await insert_rows(
+        conn,
+        "journey_steps",
+        [
+            ("tenant", "text"),
+            ("customer_id", "text"),
+            ("journey", "text"),
+            ("step", "text"),
+            ("decided_at", "timestamptz"),
+            ("outcome", "text"),
+        ],
+        rows,
+        on_conflict="DO NOTHING",
     )
 
 
