@@ -278,7 +278,9 @@ async def test_webhook_http_500_then_success_is_retried_and_delivered_once(wall:
     assert all(c["verified"] for c in calls) and calls[0]["id"] == calls[1]["id"]  # same webhook-id: dedupable
     assert json.loads(calls[1]["body"])["type"] == "loyalty.DetractorCaseOpened.v1"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
-        log = await api.get("/notifier/v1/tenants/shop/webhooks/crm/deliveries", headers={"Authorization": "Bearer shop-key"})
+        log = await api.get(
+            "/notifier/v1/tenants/shop/webhooks/crm/deliveries", headers={"Authorization": "Bearer shop-key"}
+        )
         assert log.status_code == 200
         attempts = log.json()[0]["attempts"]
         assert [a["status_code"] for a in attempts] == [500, 204] and log.json()[0]["status"] == "delivered"
@@ -392,9 +394,13 @@ async def test_contact_budget_suppresses_marketing_first_never_transactional(wal
 async def test_read_api_preview_and_deliveries(wall: World) -> None:
     auth = {"Authorization": "Bearer shop-key"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wall.app.asgi()), base_url="http://t") as api:
-        ru = await api.get("/notifier/v1/tenants/shop/preview", params={"event_type": "TierChanged", "locale": "ru"}, headers=auth)
+        ru = await api.get(
+            "/notifier/v1/tenants/shop/preview", params={"event_type": "TierChanged", "locale": "ru"}, headers=auth
+        )
         assert ru.status_code == 200 and "Здравствуйте" in ru.json()["text"]
-        bad = await api.get("/notifier/v1/tenants/shop/preview", params={"event_type": "Nope", "locale": "en"}, headers=auth)
+        bad = await api.get(
+            "/notifier/v1/tenants/shop/preview", params={"event_type": "Nope", "locale": "en"}, headers=auth
+        )
         assert bad.status_code == 422 and "TierChanged" in bad.json()["detail"]
         missing = await api.get("/notifier/v1/tenants/shop/preview", params={"locale": "en"}, headers=auth)
         assert missing.status_code == 422
@@ -403,7 +409,8 @@ async def test_read_api_preview_and_deliveries(wall: World) -> None:
         assert row["status"] == "delivered" and row["channel"] == "email"
         assert "@" not in row["recipient_hash"] and len(row["recipient_hash"]) == 64
         assert (
-            "/notifier/v1/tenants/{tenant}/customers/{customer_id}/deliveries" in (await api.get("/openapi.json")).json()["paths"]
+            "/notifier/v1/tenants/{tenant}/customers/{customer_id}/deliveries"
+            in (await api.get("/openapi.json")).json()["paths"]
         )
 
 

@@ -218,7 +218,9 @@ async def test_api_refuses_bad_requests_with_reasons(app: ServiceApp) -> None:
             params={"since": day(5).isoformat(), "until": day(1).isoformat()},
         )
         assert backwards.status_code == 400 and backwards.json()["detail"] == "since must be before until"
-        naive = await http.get("/referrals/v1/tenants/acme-diy/funnel", headers=AUTH, params={"since": "2026-03-01T00:00:00"})
+        naive = await http.get(
+            "/referrals/v1/tenants/acme-diy/funnel", headers=AUTH, params={"since": "2026-03-01T00:00:00"}
+        )
         assert naive.status_code == 400 and "UTC offset" in naive.json()["detail"]
         limit = await http.get("/referrals/v1/tenants/acme-diy/top-referrers", headers=AUTH, params={"limit": 0})
         assert limit.status_code == 422 and "limit" in str(limit.json()["detail"])
@@ -228,7 +230,9 @@ async def test_api_refuses_bad_requests_with_reasons(app: ServiceApp) -> None:
             "/referrals/v1/tenants/acme-diy/reviews/nope", headers=AUTH, json={"decision": "approve", "staff": "s1"}
         )
         assert review.status_code == 404 and "not known" in review.json()["detail"]
-        bad_body = await http.post("/referrals/v1/tenants/acme-diy/reviews/nope", headers=AUTH, json={"decision": "maybe"})
+        bad_body = await http.post(
+            "/referrals/v1/tenants/acme-diy/reviews/nope", headers=AUTH, json={"decision": "maybe"}
+        )
         assert bad_body.status_code == 422
         spec = (await http.get("/openapi.json")).json()
         assert spec["paths"]["/referrals/v1/tenants/{tenant}/funnel"]["get"]["responses"]["200"]
@@ -289,7 +293,9 @@ async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceA
             "/referrals/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "ERIN BUILDS"}
         )
         assert taken.status_code == 409 and "already taken" in taken.json()["detail"]
-        short = await http.put("/referrals/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "x"})
+        short = await http.put(
+            "/referrals/v1/tenants/acme-diy/customers/finn/vanity-code", headers=AUTH, json={"code": "x"}
+        )
         assert short.status_code == 400 and "4 to 20" in short.json()["detail"]
         vanity_issued = await out.wait("ReferralCodeIssued", 3)
         assert [e.code for e in vanity_issued if e.vanity] == ["ERINBUILDS"]

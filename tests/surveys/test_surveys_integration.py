@@ -319,15 +319,21 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
         rate = rate_response.json()
         assert (rate["requested"], rate["answered"], rate["suppressed"]) == (5, 3, 1)
         assert rate["response_rate"] == 0.75  # 3 of the 4 that reached someone: suppressed is not unanswered
-        ignored_account = (await client.get(f"/surveys/v1/tenants/{TENANT}/customers/c-ignored", headers=API_KEY)).json()
+        ignored_account = (
+            await client.get(f"/surveys/v1/tenants/{TENANT}/customers/c-ignored", headers=API_KEY)
+        ).json()
         # delivery +1, answered +1, CSAT 1–2 −4, deadline breached −3, improvement told +2
         assert ignored_account["balance"] == -3 and ignored_account["at_risk"] is True
         angry_account = (await client.get(f"/surveys/v1/tenants/{TENANT}/customers/c-angry", headers=API_KEY)).json()
         assert angry_account["balance"] == 1 + 1 - 4 + 6 + 2
-        case_view = (await client.get(f"/surveys/v1/tenants/{TENANT}/cases", params={"status": "all"}, headers=API_KEY)).json()
+        case_view = (
+            await client.get(f"/surveys/v1/tenants/{TENANT}/cases", params={"status": "all"}, headers=API_KEY)
+        ).json()
         assert (case_view["open"], case_view["resolved_within_deadline"], case_view["open_breached"]) == (1, 1, 1)
         assert case_view["sla_compliance"] == 0.5
-        csat = (await client.get(f"/surveys/v1/tenants/{TENANT}/csat", params={"period": "month"}, headers=API_KEY)).json()
+        csat = (
+            await client.get(f"/surveys/v1/tenants/{TENANT}/csat", params={"period": "month"}, headers=API_KEY)
+        ).json()
         assert sum(b["responses"] for b in csat["buckets"]) == 3
         themes = (await client.get(f"/surveys/v1/tenants/{TENANT}/themes", headers=API_KEY)).json()
         assert themes[0] == {"theme": "delivery", "mentions": 2, "detractor_share": 1.0}
@@ -338,7 +344,9 @@ async def test_listen_hear_act_end_to_end(surveys_app: tuple[ServiceApp, str, st
 
         # 8. The follow-up is answered and never asks again. Later the first-purchase NPS falls due, but within
         #    the recontact period of the delivery survey: recorded as skipped, never sent.
-        follow_answer = await client.post("/surveys/v1/answers", json={"token": follow_up.data.answer_token, "score": 4})
+        follow_answer = await client.post(
+            "/surveys/v1/answers", json={"token": follow_up.data.answer_token, "score": 4}
+        )
         assert follow_answer.status_code == 201, follow_answer.text
         await publish(kafka_bootstrap, [clock(T + timedelta(days=31))], topic_prefix=prefix)
 

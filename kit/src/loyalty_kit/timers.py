@@ -44,7 +44,8 @@ class Timer:
 
 class TimerContext(EffectContext):
     """What a timer handler gets: ``conn`` (open transaction), ``emit(data, tenant=...)``, ``schedule``,
-    ``cancel`` and ``now_for``. Rows passed to the handler are deleted before it runs (in its transaction), so it may re-arm the same key."""
+    ``cancel`` and ``now_for``. Rows passed to the handler are deleted before it runs (in its transaction),
+    so it may re-arm the same key."""
 
 
 TimerHandler = Callable[[TimerContext, list[Timer]], Awaitable[None]]
