@@ -9,22 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
+from loyalty_kit.bulk import column_arrays, insert_rows
 
 from loyalty_surveys.domain import AccountEntry, CaseState, CaseStatus, ThemedFeedback
 
 MIGRATIONS_DIR_NAME = "migrations"
-
-
-def _cols(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows → columns, for ``unnest($1::t[], $2::t[], ...)``."""
-    columns: list[list[Any]] = [[] for _ in range(width)]
-    for row in rows:
-        for i, value in enumerate(row):
-            columns[i].append(value)
-    return columns
 
 
 # --- customers and orders ----------------------------------------------------------------------
@@ -35,18 +26,21 @@ async def upsert_customer_facts(
     rows: Sequence[tuple[str, str, datetime | None, str | None, str | None]],
 ) -> None:
     """(tenant, customer, first_purchase_at, tier, locale): first purchase keeps the earliest; others overwrite."""
-    if not rows:
-        return
-    await conn.execute(
-        """
-        INSERT INTO customers (tenant, customer_id, first_purchase_at, tier, locale)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
-        ON CONFLICT (tenant, customer_id) DO UPDATE SET
+    await insert_rows(
+        conn,
+        "customers",
+        [
+            ("tenant", "text"),
+            ("customer_id", "text"),
+            ("first_purchase_at", "timestamptz"),
+            ("tier", "text"),
+            ("locale", "text"),
+        ],
+        rows,
+        on_conflict="""(tenant, customer_id) DO UPDATE SET
             first_purchase_at = LEAST(customers.first_purchase_at, EXCLUDED.first_purchase_at),
             tier = COALESCE(EXCLUDED.tier, customers.tier),
-            locale = COALESCE(EXCLUDED.locale, customers.locale)
-        """,
-        *_cols(rows, 5),
+            locale = COALESCE(EXCLUDED.locale, customers.locale)""",
     )
 
 
@@ -60,7 +54,7 @@ async def first_purchases(conn: asyncpg.Connection, keys: Sequence[tuple[str, st
         FROM customers c JOIN unnest($1::text[], $2::text[]) AS k(tenant, customer_id) USING (tenant, customer_id)
         WHERE c.first_purchase_at IS NOT NULL
         """,
-        *_cols(keys, 2),
+        *column_arrays(keys, 2),
     )
     return {(r["tenant"], r["customer_id"]): r["first_purchase_at"] for r in rows}
 
@@ -68,15 +62,12 @@ async def first_purchases(conn: asyncpg.Connection, keys: Sequence[tuple[str, st
 async def insert_orders(
     conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str | None, str | None, str | None]]
 ) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        """
-        INSERT INTO orders (tenant, order_id, customer_id, store_id, sales_channel, category)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-        ON CONFLICT (tenant, order_id) DO NOTHING
-        """,
-        *_cols(rows, 6),
+    await insert_rows(
+        conn,
+        "orders",
+        [(name, "text") for name in ("tenant", "order_id", "customer_id", "store_id", "sales_channel", "category")],
+        rows,
+        on_conflict="(tenant, order_id) DO NOTHING",
     )
 
 
@@ -97,7 +88,7 @@ async def order_segments(conn: asyncpg.Connection, keys: Sequence[tuple[str, str
         SELECT o.tenant, o.order_id, o.store_id, o.sales_channel, o.category
         FROM orders o JOIN unnest($1::text[], $2::text[]) AS k(tenant, order_id) USING (tenant, order_id)
         """,
-        *_cols(keys, 2),
+        *column_arrays(keys, 2),
     )
     return {(r["tenant"], r["order_id"]): Segment(r["store_id"], r["sales_channel"], r["category"]) for r in rows}
 
@@ -112,7 +103,7 @@ async def customer_tiers_and_locales(
         SELECT c.tenant, c.customer_id, c.tier, c.locale
         FROM customers c JOIN unnest($1::text[], $2::text[]) AS k(tenant, customer_id) USING (tenant, customer_id)
         """,
-        *_cols(list(set(keys)), 2),
+        *column_arrays(list(set(keys)), 2),
     )
     return {(r["tenant"], r["customer_id"]): (r["tier"], r["locale"]) for r in rows}
 
@@ -136,40 +127,51 @@ class RequestRow:
     expires_at: datetime | None = None
 
 
+_REQUEST_COLUMNS = [
+    ("tenant", "text"),
+    ("request_id", "text"),
+    ("customer_id", "text"),
+    ("survey_id", "text"),
+    ("kind", "text"),
+    ("trigger", "text"),
+    ("trigger_event_id", "text"),
+    ("due_at", "timestamptz"),
+    ("status", "text"),
+    ("parent_feedback_id", "text"),
+    ("store_id", "text"),
+    ("sales_channel", "text"),
+    ("category", "text"),
+    ("tier", "text"),
+]
+
+
 async def insert_pending_requests(conn: asyncpg.Connection, rows: Sequence[RequestRow]) -> set[tuple[str, str]]:
     """Insert planned surveys; returns the (tenant, request id) pairs that are new."""
-    if not rows:
-        return set()
-    data = [
-        (
-            r.tenant,
-            r.request_id,
-            r.customer_id,
-            r.survey_id,
-            r.kind,
-            r.trigger,
-            r.trigger_event_id,
-            r.due_at,
-            r.status,
-            r.parent_feedback_id,
-            r.segment.store_id,
-            r.segment.sales_channel,
-            r.segment.category,
-            r.segment.tier,
-        )
-        for r in rows
-    ]
-    inserted = await conn.fetch(
-        """
-        INSERT INTO survey_requests (tenant, request_id, customer_id, survey_id, kind, trigger, trigger_event_id,
-                                     due_at, status, parent_feedback_id, store_id, sales_channel, category, tier)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                             $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                             $14::text[])
-        ON CONFLICT (tenant, request_id) DO NOTHING
-        RETURNING tenant, request_id
-        """,
-        *_cols(data, 14),
+    inserted = await insert_rows(
+        conn,
+        "survey_requests",
+        _REQUEST_COLUMNS,
+        [
+            (
+                r.tenant,
+                r.request_id,
+                r.customer_id,
+                r.survey_id,
+                r.kind,
+                r.trigger,
+                r.trigger_event_id,
+                r.due_at,
+                r.status,
+                r.parent_feedback_id,
+                r.segment.store_id,
+                r.segment.sales_channel,
+                r.segment.category,
+                r.segment.tier,
+            )
+            for r in rows
+        ],
+        on_conflict="(tenant, request_id) DO NOTHING",
+        returning=["tenant", "request_id"],
     )
     return {(r["tenant"], r["request_id"]) for r in inserted}
 
@@ -201,7 +203,7 @@ async def requests_by_id(
         SELECT r.* FROM survey_requests r
         JOIN unnest($1::text[], $2::text[]) AS k(tenant, request_id) USING (tenant, request_id)
         """,
-        *_cols(list(set(keys)), 2),
+        *column_arrays(list(set(keys)), 2),
     )
     return {(r["tenant"], r["request_id"]): _request_row(r) for r in rows}
 
@@ -211,12 +213,8 @@ async def last_requested(conn: asyncpg.Connection, keys: Sequence[tuple[str, str
     if not keys:
         return {}
     unique = sorted(set(keys))
-    await conn.execute(
-        """
-        INSERT INTO customers (tenant, customer_id)
-        SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING
-        """,
-        *_cols(unique, 2),
+    await insert_rows(
+        conn, "customers", [("tenant", "text"), ("customer_id", "text")], unique, on_conflict="DO NOTHING"
     )
     rows = await conn.fetch(
         """
@@ -225,7 +223,7 @@ async def last_requested(conn: asyncpg.Connection, keys: Sequence[tuple[str, str
         ORDER BY c.tenant, c.customer_id
         FOR UPDATE OF c
         """,
-        *_cols(unique, 2),
+        *column_arrays(unique, 2),
     )
     return {(r["tenant"], r["customer_id"]): r["last_requested_at"] for r in rows if r["last_requested_at"]}
 
@@ -251,7 +249,7 @@ async def mark_requested(conn: asyncpg.Connection, rows: Sequence[tuple[str, str
         ON CONFLICT (tenant, customer_id) DO UPDATE
             SET last_requested_at = GREATEST(customers.last_requested_at, EXCLUDED.last_requested_at)
         """,
-        *_cols(rows, 5),
+        *column_arrays(rows, 5),
     )
 
 
@@ -266,7 +264,7 @@ async def set_request_status(
         FROM unnest($1::text[], $2::text[]) AS k(tenant, request_id)
         WHERE r.tenant = k.tenant AND r.request_id = k.request_id
         """,
-        *_cols(keys, 2),
+        *column_arrays(keys, 2),
         status,
         reason,
     )
@@ -289,7 +287,7 @@ async def mark_not_delivered(
         WHERE r.tenant = u.tenant AND r.source_event_id = u.source_event_id AND r.status = 'requested'
         RETURNING r.tenant, r.request_id
         """,
-        *_cols(rows, 4),
+        *column_arrays(rows, 4),
     )
     return [(r["tenant"], r["request_id"]) for r in updated]
 
@@ -318,7 +316,7 @@ async def claim_tokens(
         )
         SELECT tenant, request_id FROM claimed
         """,
-        *_cols(rows, 4),
+        *column_arrays(rows, 4),
     )
     return {(r["tenant"], r["request_id"]) for r in claimed}
 
@@ -379,7 +377,7 @@ async def insert_feedback(conn: asyncpg.Connection, rows: Sequence[FeedbackRow])
                   answered_at, channel, store_id, sales_channel, category, tier)
         ON CONFLICT DO NOTHING
         """,
-        *_cols(data, 16),
+        *column_arrays(data, 16),
     )
 
 
@@ -393,7 +391,7 @@ async def feedback_by_id(
         SELECT f.* FROM feedback f
         JOIN unnest($1::text[], $2::text[]) AS k(tenant, feedback_id) USING (tenant, feedback_id)
         """,
-        *_cols(list(set(keys)), 2),
+        *column_arrays(list(set(keys)), 2),
     )
     return {(r["tenant"], r["feedback_id"]): r for r in rows}
 
@@ -402,16 +400,13 @@ async def claim_follow_ups(
     conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, datetime]]
 ) -> set[tuple[str, str]]:
     """(tenant, feedback id, follow-up request id, at) → feedback ids whose follow-up is claimed now (once)."""
-    if not rows:
-        return set()
-    claimed = await conn.fetch(
-        """
-        INSERT INTO follow_ups (tenant, feedback_id, request_id, requested_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-        ON CONFLICT DO NOTHING
-        RETURNING tenant, feedback_id
-        """,
-        *_cols(rows, 4),
+    claimed = await insert_rows(
+        conn,
+        "follow_ups",
+        [("tenant", "text"), ("feedback_id", "text"), ("request_id", "text"), ("requested_at", "timestamptz")],
+        rows,
+        on_conflict="DO NOTHING",
+        returning=["tenant", "feedback_id"],
     )
     return {(r["tenant"], r["feedback_id"]) for r in claimed}
 
@@ -423,17 +418,23 @@ async def insert_cases(
     conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, str, int, datetime, datetime]]
 ) -> set[tuple[str, str]]:
     """(tenant, case, feedback, customer, queue, score, opened_at, deadline_at) → newly opened cases."""
-    if not rows:
-        return set()
-    opened = await conn.fetch(
-        """
-        INSERT INTO cases (tenant, case_id, feedback_id, customer_id, queue, score, opened_at, deadline_at, status)
-        SELECT *, 'open' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                                     $7::timestamptz[], $8::timestamptz[])
-        ON CONFLICT DO NOTHING
-        RETURNING tenant, case_id
-        """,
-        *_cols(rows, 8),
+    opened = await insert_rows(
+        conn,
+        "cases",
+        [
+            ("tenant", "text"),
+            ("case_id", "text"),
+            ("feedback_id", "text"),
+            ("customer_id", "text"),
+            ("queue", "text"),
+            ("score", "int"),
+            ("opened_at", "timestamptz"),
+            ("deadline_at", "timestamptz"),
+        ],
+        rows,
+        constants={"status": ("text", "open")},
+        on_conflict="DO NOTHING",
+        returning=["tenant", "case_id"],
     )
     return {(r["tenant"], r["case_id"]) for r in opened}
 
@@ -448,7 +449,7 @@ async def cases_by_id(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]])
         ORDER BY c.tenant, c.case_id
         FOR UPDATE OF c
         """,
-        *_cols(list(set(keys)), 2),
+        *column_arrays(list(set(keys)), 2),
     )
     return {
         (r["tenant"], r["case_id"]): CaseState(
@@ -473,7 +474,7 @@ async def mark_breached(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]
         FROM unnest($1::text[], $2::text[]) AS k(tenant, case_id)
         WHERE c.tenant = k.tenant AND c.case_id = k.case_id
         """,
-        *_cols(keys, 2),
+        *column_arrays(keys, 2),
     )
 
 
@@ -492,7 +493,7 @@ async def resolve_cases(
              AS u(tenant, case_id, resolved_at, resolved_by, seconds, business_seconds, within_deadline)
         WHERE c.tenant = u.tenant AND c.case_id = u.case_id
         """,
-        *_cols(rows, 7),
+        *column_arrays(rows, 7),
     )
 
 
@@ -543,20 +544,19 @@ async def already_told(conn: asyncpg.Connection, tenant: str, improvement_id: st
 async def record_notices(
     conn: asyncpg.Connection, tenant: str, improvement_id: str, theme: str, customers: Sequence[str], at: datetime
 ) -> set[str]:
-    if not customers:
-        return set()
-    inserted = await conn.fetch(
-        """
-        INSERT INTO improvement_notices (tenant, improvement_id, customer_id, theme, told_at)
-        SELECT $1, $2, c, $3, $4 FROM unnest($5::text[]) AS c
-        ON CONFLICT DO NOTHING
-        RETURNING customer_id
-        """,
-        tenant,
-        improvement_id,
-        theme,
-        at,
-        list(customers),
+    inserted = await insert_rows(
+        conn,
+        "improvement_notices",
+        [("customer_id", "text")],
+        [(c,) for c in customers],
+        constants={
+            "tenant": ("text", tenant),
+            "improvement_id": ("text", improvement_id),
+            "theme": ("text", theme),
+            "told_at": ("timestamptz", at),
+        },
+        on_conflict="DO NOTHING",
+        returning=["customer_id"],
     )
     return {r["customer_id"] for r in inserted}
 
@@ -574,14 +574,13 @@ async def lock_balances(
     unique = sorted(set(keys))
     if not unique:
         return {}
-    rows = await conn.fetch(
-        """
-        INSERT INTO customers (tenant, customer_id, balance)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::int[])
-        ON CONFLICT (tenant, customer_id) DO UPDATE SET balance = customers.balance
-        RETURNING tenant, customer_id, balance
-        """,
-        *_cols([(t, c, opening.get(t, 0)) for t, c in unique], 3),
+    rows = await insert_rows(
+        conn,
+        "customers",
+        [("tenant", "text"), ("customer_id", "text"), ("balance", "int")],
+        [(t, c, opening.get(t, 0)) for t, c in unique],
+        on_conflict="(tenant, customer_id) DO UPDATE SET balance = customers.balance",
+        returning=["tenant", "customer_id", "balance"],
     )
     return {(r["tenant"], r["customer_id"]): r["balance"] for r in rows}
 
@@ -590,17 +589,20 @@ async def book_entries(
     conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, AccountEntry, datetime]]
 ) -> set[tuple[str, str]]:
     """(tenant, entry id, customer, entry, at) → the entry ids booked now (replays book nothing twice)."""
-    if not rows:
-        return set()
-    data = [(t, e_id, c, e.fact, e.amount, at) for t, e_id, c, e, at in rows]
-    booked = await conn.fetch(
-        """
-        INSERT INTO account_entries (tenant, entry_id, customer_id, fact, amount, booked_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[])
-        ON CONFLICT DO NOTHING
-        RETURNING tenant, entry_id
-        """,
-        *_cols(data, 6),
+    booked = await insert_rows(
+        conn,
+        "account_entries",
+        [
+            ("tenant", "text"),
+            ("entry_id", "text"),
+            ("customer_id", "text"),
+            ("fact", "text"),
+            ("amount", "int"),
+            ("booked_at", "timestamptz"),
+        ],
+        [(t, e_id, c, e.fact, e.amount, at) for t, e_id, c, e, at in rows],
+        on_conflict="DO NOTHING",
+        returning=["tenant", "entry_id"],
     )
     return {(r["tenant"], r["entry_id"]) for r in booked}
 
@@ -614,5 +616,5 @@ async def set_balances(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, 
         FROM unnest($1::text[], $2::text[], $3::int[], $4::bool[]) AS u(tenant, customer_id, balance, at_risk)
         WHERE c.tenant = u.tenant AND c.customer_id = u.customer_id
         """,
-        *_cols(rows, 4),
+        *column_arrays(rows, 4),
     )
