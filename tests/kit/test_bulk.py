@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
-from loyalty_kit.bulk import BulkSqlError, column_arrays, insert_rows, insert_statement
+from loyalty_kit.bulk import BulkSqlError, column_arrays, insert_rows, insert_statement, typed_columns
 
 AT = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 COLUMNS = [("event_id", "text"), ("score", "smallint"), ("at", "timestamptz"), ("note", "text")]
@@ -61,6 +61,25 @@ def test_names_and_types_that_are_not_plain_are_refused(
 ) -> None:
     with pytest.raises(BulkSqlError, match=message.replace("(", r"\(").replace(")", r"\)")):
         insert_statement(table, columns)
+
+
+def test_columns_can_be_written_as_in_create_table() -> None:
+    assert typed_columns("tenant text, score  smallint,at timestamptz") == (
+        ("tenant", "text"),
+        ("score", "smallint"),
+        ("at", "timestamptz"),
+    )
+    assert typed_columns("amount numeric(12, 2), ratio double precision") == (
+        ("amount", "numeric(12, 2)"),
+        ("ratio", "double precision"),
+    )
+    assert insert_statement("t", typed_columns("amount numeric(12, 2)")).endswith(
+        'unnest($1::numeric(12, 2)[]) AS u("amount")'
+    )
+    with pytest.raises(BulkSqlError, match="column 'score' in 'tenant text, score' is not 'name type'"):
+        typed_columns("tenant text, score")
+    with pytest.raises(BulkSqlError, match="column '' in"):
+        typed_columns("tenant text,")
 
 
 def test_the_conflict_clause_is_what_follows_on_conflict() -> None:

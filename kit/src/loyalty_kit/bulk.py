@@ -2,7 +2,8 @@
 
 A batch handler writes a whole batch's rows per table with one round trip whatever the batch size; every
 service did this by hand (one ``$n::type[]`` per column, one list comprehension per column). ``insert_rows``
-builds the statement from (column, Postgres type) pairs and turns the rows into the column arrays.
+builds the statement from (column, Postgres type) pairs (``typed_columns("a text, b timestamptz")`` writes them
+as in a CREATE TABLE) and turns the rows into the column arrays.
 
 Table, column and RETURNING names are validated and double-quoted; types are checked against a plain
 type-name pattern (they cannot be quoted: ``"double precision"`` is not a type name). The ON CONFLICT tail
@@ -78,6 +79,31 @@ def _statement(
     if returning:
         sql += f" RETURNING {', '.join(_quoted(n, 'returned column') for n in returning)}"
     return sql
+
+
+@lru_cache(maxsize=256)
+def typed_columns(spec: str) -> tuple[Column, ...]:
+    """``"tenant text, score smallint, at timestamptz"`` → ``(("tenant", "text"), ("score", "smallint"), ...)``:
+    the column list written as in a CREATE TABLE. Commas inside a type's parentheses (``numeric(12,2)``) do
+    not split. Names and types are checked when the statement is built."""
+    parts: list[str] = []
+    depth, start = 0, 0
+    for index, char in enumerate(spec):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(spec[start:index])
+            start = index + 1
+    parts.append(spec[start:])
+    out: list[Column] = []
+    for part in parts:
+        words = part.split(maxsplit=1)
+        if len(words) != 2:
+            raise BulkSqlError(f"column {part.strip()!r} in {spec!r} is not 'name type'")
+        out.append((words[0], " ".join(words[1].split())))
+    return tuple(out)
 
 
 def insert_statement(

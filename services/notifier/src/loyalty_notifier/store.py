@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from loyalty_kit.bulk import insert_rows
+from loyalty_kit.bulk import insert_rows, typed_columns
 
 from loyalty_notifier.domain import (
     Category,
@@ -79,19 +79,10 @@ async def load_customers(conn: asyncpg.Connection, keys: Iterable[CustomerKey]) 
     return {(r["tenant"], r["customer_id"]): _customer_from(r) for r in rows}
 
 
-_CUSTOMER_COLUMNS = [
-    ("tenant", "text"),
-    ("customer_id", "text"),
-    ("name", "text"),
-    ("locale", "text"),
-    ("time_zone", "text"),
-    ("contacts", "jsonb"),
-    ("consents", "jsonb"),
-    ("channel_consents", "jsonb"),
-    ("registered_at", "timestamptz"),
-    ("tier", "text"),
-    ("last_purchase", "jsonb"),
-]
+_CUSTOMER_COLUMNS = typed_columns(
+    "tenant text, customer_id text, name text, locale text, time_zone text, contacts jsonb, consents jsonb, "
+    "channel_consents jsonb, registered_at timestamptz, tier text, last_purchase jsonb"
+)
 
 
 async def save_customers(conn: asyncpg.Connection, rows: dict[CustomerKey, CustomerRow]) -> None:
@@ -149,26 +140,12 @@ class NewDelivery:
     traceparent: str | None = None
 
 
-_DELIVERY_COLUMNS = [
-    ("tenant", "text"),
-    ("customer_id", "text"),
-    ("notification_id", "text"),
-    ("source_event_id", "text"),
-    ("source_event_type", "text"),
-    ("channel", "text"),
-    ("recipient", "text"),
-    ("endpoint_id", "text"),
-    ("category", "text"),
-    ("template", "text"),
-    ("locale", "text"),
-    ("time_zone", "text"),
-    ("content", "jsonb"),
-    ("fallbacks", "jsonb"),
-    ("journey_step", "text"),
-    ("due_at", "timestamptz"),
-    ("source_time", "timestamptz"),
-    ("traceparent", "text"),
-]
+_DELIVERY_COLUMNS = typed_columns(
+    "tenant text, customer_id text, notification_id text, source_event_id text, source_event_type text, "
+    "channel text, recipient text, endpoint_id text, category text, template text, locale text, time_zone text, "
+    "content jsonb, fallbacks jsonb, journey_step text, due_at timestamptz, source_time timestamptz, "
+    "traceparent text"
+)
 
 
 async def insert_deliveries(conn: asyncpg.Connection, rows: Sequence[NewDelivery]) -> int:
@@ -339,14 +316,7 @@ async def log_attempts(conn: asyncpg.Connection, attempts: Sequence[Attempt]) ->
     await insert_rows(
         conn,
         "delivery_attempts",
-        [
-            ("delivery_id", "bigint"),
-            ("attempt", "int"),
-            ("ok", "bool"),
-            ("failure_kind", "text"),
-            ("status_code", "int"),
-            ("detail", "text"),
-        ],
+        typed_columns("delivery_id bigint, attempt int, ok bool, failure_kind text, status_code int, detail text"),
         [
             (a.delivery_id, a.attempt, a.ok, a.failure_kind, a.status_code, a.detail[:1000] if a.detail else None)
             for a in attempts
@@ -375,17 +345,10 @@ async def insert_suppressions(conn: asyncpg.Connection, rows: Sequence[Suppressi
     inserted = await insert_rows(
         conn,
         "suppressions",
-        [
-            ("tenant", "text"),
-            ("customer_id", "text"),
-            ("source_event_id", "text"),
-            ("source_event_type", "text"),
-            ("template", "text"),
-            ("category", "text"),
-            ("channel", "text"),
-            ("reason", "text"),
-            ("detail", "text"),
-        ],
+        typed_columns(
+            "tenant text, customer_id text, source_event_id text, source_event_type text, template text, "
+            "category text, channel text, reason text, detail text"
+        ),
         [
             (
                 r.tenant,
@@ -438,13 +401,7 @@ async def reserve_contacts(conn: asyncpg.Connection, rows: Sequence[tuple[str, s
     await insert_rows(
         conn,
         "contact_log",
-        [
-            ("tenant", "text"),
-            ("customer_id", "text"),
-            ("source_event_id", "text"),
-            ("category", "text"),
-            ("sent_at", "timestamptz"),
-        ],
+        typed_columns("tenant text, customer_id text, source_event_id text, category text, sent_at timestamptz"),
         [(tenant, customer, event, category.value, at) for tenant, customer, event, category, at in rows],
         on_conflict="DO NOTHING",
     )
@@ -489,7 +446,7 @@ async def save_endpoint_health(conn: asyncpg.Connection, health: dict[tuple[str,
     await insert_rows(
         conn,
         "webhook_endpoints",
-        [("tenant", "text"), ("endpoint_id", "text"), ("consecutive_failures", "int"), ("disabled", "bool")],
+        typed_columns("tenant text, endpoint_id text, consecutive_failures int, disabled bool"),
         [(tenant, endpoint, h.consecutive_failures, h.disabled) for (tenant, endpoint), h in sorted(health.items())],
         on_conflict="(tenant, endpoint_id) DO UPDATE SET consecutive_failures = EXCLUDED.consecutive_failures, "
         "disabled = EXCLUDED.disabled, changed_at = CASE WHEN webhook_endpoints.disabled <> EXCLUDED.disabled "
@@ -530,16 +487,10 @@ async def save_journeys(conn: asyncpg.Connection, states: dict[JourneyKey, Journ
     await insert_rows(
         conn,
         "journeys",
-        [
-            ("tenant", "text"),
-            ("customer_id", "text"),
-            ("journey", "text"),
-            ("started_at", "timestamptz"),
-            ("path", "text"),
-            ("path_entered_at", "timestamptz"),
-            ("exited_at", "timestamptz"),
-            ("exit_reason", "text"),
-        ],
+        typed_columns(
+            "tenant text, customer_id text, journey text, started_at timestamptz, path text, "
+            "path_entered_at timestamptz, exited_at timestamptz, exit_reason text"
+        ),
         [
             (*key, s.started_at, s.path, s.path_entered_at, s.exited_at, s.exit_reason)
             for key, s in sorted(states.items())
@@ -572,14 +523,7 @@ async def mark_steps(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, st
     await insert_rows(
         conn,
         "journey_steps",
-        [
-            ("tenant", "text"),
-            ("customer_id", "text"),
-            ("journey", "text"),
-            ("step", "text"),
-            ("decided_at", "timestamptz"),
-            ("outcome", "text"),
-        ],
+        typed_columns("tenant text, customer_id text, journey text, step text, decided_at timestamptz, outcome text"),
         rows,
         on_conflict="DO NOTHING",
     )

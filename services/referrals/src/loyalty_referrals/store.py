@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from loyalty_kit.bulk import insert_rows
+from loyalty_kit.bulk import insert_rows, typed_columns
 
 from loyalty_referrals.domain import (
     Claim,
@@ -398,7 +398,7 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
         await insert_rows(
             conn,
             "customer_contacts",
-            [("contact_hash", "text"), ("customer_id", "text")],
+            typed_columns("contact_hash text, customer_id text"),
             [(h, c.customer_id) for c in customers for h in sorted(c.contact_hashes)],
             constants=_tenant(tenant),
             on_conflict="DO NOTHING",
@@ -416,14 +416,10 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
     await insert_rows(
         conn,
         "invitations",
-        [
-            ("invitation_id", "text"),
-            ("referrer_id", "text"),
-            ("contact_hash", "text"),
-            ("invited_at", "timestamptz"),
-            ("channel", "text"),
-            ("email_domain", "text"),
-        ],
+        typed_columns(
+            "invitation_id text, referrer_id text, contact_hash text, invited_at timestamptz, channel text, "
+            "email_domain text"
+        ),
         [
             (i.invitation_id, i.referrer_id, i.contact_hash, i.at, i.channel, i.email_domain)
             for i in book.new_invitations
@@ -434,14 +430,10 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
     await insert_rows(
         conn,
         "claims",
-        [
-            ("referee_id", "text"),
-            ("referrer_id", "text"),
-            ("source", "smallint"),
-            ("claimed_at", "timestamptz"),
-            ("invitation_id", "text"),
-            ("email_domain", "text"),
-        ],
+        typed_columns(
+            "referee_id text, referrer_id text, source smallint, claimed_at timestamptz, invitation_id text, "
+            "email_domain text"
+        ),
         [
             (c.referee_id, c.referrer_id, int(c.source), c.claimed_at, c.invitation_id or "", c.email_domain)
             for c in book.new_claims
@@ -452,7 +444,7 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
     await insert_rows(
         conn,
         "pending_codes",
-        [("code", "text"), ("referee_id", "text"), ("source", "smallint"), ("claimed_at", "timestamptz")],
+        typed_columns("code text, referee_id text, source smallint, claimed_at timestamptz"),
         [(p.code, p.referee_id, int(p.source), p.claimed_at) for p in book.new_pending],
         constants=_tenant(tenant),
         on_conflict="DO NOTHING",
@@ -530,15 +522,10 @@ async def save_rejections(conn: asyncpg.Connection, tenant: str, rows: Sequence[
     await insert_rows(
         conn,
         "rejections",
-        [
-            ("event_id", "text"),
-            ("referee_id", "text"),
-            ("referrer_id", "text"),
-            ("referral_id", "text"),
-            ("reason", "text"),
-            ("detail", "text"),
-            ("rejected_at", "timestamptz"),
-        ],
+        typed_columns(
+            "event_id text, referee_id text, referrer_id text, referral_id text, reason text, detail text, "
+            "rejected_at timestamptz"
+        ),
         [(r.event_id, r.referee_id, r.referrer_id, r.referral_id, r.reason, r.detail, r.at) for r in rows],
         constants=_tenant(tenant),
         on_conflict="DO NOTHING",
@@ -558,13 +545,7 @@ async def save_feedback(conn: asyncpg.Connection, tenant: str, rows: Sequence[Fe
     await insert_rows(
         conn,
         "feedback",
-        [
-            ("feedback_id", "text"),
-            ("customer_id", "text"),
-            ("survey_kind", "text"),
-            ("score", "smallint"),
-            ("received_at", "timestamptz"),
-        ],
+        typed_columns("feedback_id text, customer_id text, survey_kind text, score smallint, received_at timestamptz"),
         [(r.feedback_id, r.customer_id, r.survey_kind, r.score, r.at) for r in rows],
         constants=_tenant(tenant),
         on_conflict="DO NOTHING",

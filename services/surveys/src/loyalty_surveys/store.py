@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from loyalty_kit.bulk import column_arrays, insert_rows
+from loyalty_kit.bulk import column_arrays, insert_rows, typed_columns
 
 from loyalty_surveys.domain import AccountEntry, CaseState, CaseStatus, ThemedFeedback
 
@@ -29,13 +29,7 @@ async def upsert_customer_facts(
     await insert_rows(
         conn,
         "customers",
-        [
-            ("tenant", "text"),
-            ("customer_id", "text"),
-            ("first_purchase_at", "timestamptz"),
-            ("tier", "text"),
-            ("locale", "text"),
-        ],
+        typed_columns("tenant text, customer_id text, first_purchase_at timestamptz, tier text, locale text"),
         rows,
         on_conflict="""(tenant, customer_id) DO UPDATE SET
             first_purchase_at = LEAST(customers.first_purchase_at, EXCLUDED.first_purchase_at),
@@ -65,7 +59,7 @@ async def insert_orders(
     await insert_rows(
         conn,
         "orders",
-        [(name, "text") for name in ("tenant", "order_id", "customer_id", "store_id", "sales_channel", "category")],
+        typed_columns("tenant text, order_id text, customer_id text, store_id text, sales_channel text, category text"),
         rows,
         on_conflict="(tenant, order_id) DO NOTHING",
     )
@@ -127,22 +121,11 @@ class RequestRow:
     expires_at: datetime | None = None
 
 
-_REQUEST_COLUMNS = [
-    ("tenant", "text"),
-    ("request_id", "text"),
-    ("customer_id", "text"),
-    ("survey_id", "text"),
-    ("kind", "text"),
-    ("trigger", "text"),
-    ("trigger_event_id", "text"),
-    ("due_at", "timestamptz"),
-    ("status", "text"),
-    ("parent_feedback_id", "text"),
-    ("store_id", "text"),
-    ("sales_channel", "text"),
-    ("category", "text"),
-    ("tier", "text"),
-]
+_REQUEST_COLUMNS = typed_columns(
+    "tenant text, request_id text, customer_id text, survey_id text, kind text, trigger text, trigger_event_id text, "
+    "due_at timestamptz, status text, parent_feedback_id text, store_id text, sales_channel text, category text, "
+    "tier text"
+)
 
 
 async def insert_pending_requests(conn: asyncpg.Connection, rows: Sequence[RequestRow]) -> set[tuple[str, str]]:
@@ -214,7 +197,7 @@ async def last_requested(conn: asyncpg.Connection, keys: Sequence[tuple[str, str
         return {}
     unique = sorted(set(keys))
     await insert_rows(
-        conn, "customers", [("tenant", "text"), ("customer_id", "text")], unique, on_conflict="DO NOTHING"
+        conn, "customers", typed_columns("tenant text, customer_id text"), unique, on_conflict="DO NOTHING"
     )
     rows = await conn.fetch(
         """
@@ -403,7 +386,7 @@ async def claim_follow_ups(
     claimed = await insert_rows(
         conn,
         "follow_ups",
-        [("tenant", "text"), ("feedback_id", "text"), ("request_id", "text"), ("requested_at", "timestamptz")],
+        typed_columns("tenant text, feedback_id text, request_id text, requested_at timestamptz"),
         rows,
         on_conflict="DO NOTHING",
         returning=["tenant", "feedback_id"],
@@ -421,16 +404,10 @@ async def insert_cases(
     opened = await insert_rows(
         conn,
         "cases",
-        [
-            ("tenant", "text"),
-            ("case_id", "text"),
-            ("feedback_id", "text"),
-            ("customer_id", "text"),
-            ("queue", "text"),
-            ("score", "int"),
-            ("opened_at", "timestamptz"),
-            ("deadline_at", "timestamptz"),
-        ],
+        typed_columns(
+            "tenant text, case_id text, feedback_id text, customer_id text, queue text, score int, "
+            "opened_at timestamptz, deadline_at timestamptz"
+        ),
         rows,
         constants={"status": ("text", "open")},
         on_conflict="DO NOTHING",
@@ -577,7 +554,7 @@ async def lock_balances(
     rows = await insert_rows(
         conn,
         "customers",
-        [("tenant", "text"), ("customer_id", "text"), ("balance", "int")],
+        typed_columns("tenant text, customer_id text, balance int"),
         [(t, c, opening.get(t, 0)) for t, c in unique],
         on_conflict="(tenant, customer_id) DO UPDATE SET balance = customers.balance",
         returning=["tenant", "customer_id", "balance"],
@@ -592,14 +569,7 @@ async def book_entries(
     booked = await insert_rows(
         conn,
         "account_entries",
-        [
-            ("tenant", "text"),
-            ("entry_id", "text"),
-            ("customer_id", "text"),
-            ("fact", "text"),
-            ("amount", "int"),
-            ("booked_at", "timestamptz"),
-        ],
+        typed_columns("tenant text, entry_id text, customer_id text, fact text, amount int, booked_at timestamptz"),
         [(t, e_id, c, e.fact, e.amount, at) for t, e_id, c, e, at in rows],
         on_conflict="DO NOTHING",
         returning=["tenant", "entry_id"],
