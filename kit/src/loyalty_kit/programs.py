@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,6 +41,19 @@ class ProgramFileInvalid(Exception):
         super().__init__(f"{len(errors)} error(s) in retailer program files:\n{lines}")
 
 
+def known_time_zone(value: str) -> str:
+    """``value`` if it names an IANA time zone (``Europe/Berlin``); else ValueError (a program file error)."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
+# A program-file field holding an IANA time zone name, checked when the file is loaded.
+TimeZoneName = Annotated[str, AfterValidator(known_time_zone)]
+
+
 class ApiKey(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,11 +77,7 @@ class ProgramHeader(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+        return known_time_zone(value)
 
     @field_validator("default_locale")
     @classmethod

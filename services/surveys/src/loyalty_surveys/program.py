@@ -12,8 +12,9 @@ import itertools
 import re
 from datetime import date, time, timedelta
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
+from loyalty_kit.programs import TimeZoneName
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -126,20 +127,11 @@ OpeningHours = Annotated[OpenInterval, BeforeValidator(_parse_interval)]
 
 
 class BusinessHours(_Strict):
-    timezone: str = Field(description="IANA time zone the opening hours and holidays are written in.")
+    timezone: TimeZoneName = Field(description="IANA time zone the opening hours and holidays are written in.")
     weekly: dict[Weekday, list[OpeningHours]] = Field(
         description="Opening hours per weekday ('HH:MM-HH:MM'); days left out are closed."
     )
     holidays: list[date] = Field(default_factory=list, description="Closed dates (local calendar dates).")
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
 
     @field_validator("weekly")
     @classmethod
