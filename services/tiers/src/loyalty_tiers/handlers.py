@@ -69,9 +69,9 @@ def _utc(moment: datetime) -> datetime:
     """The same instant, with the standard library's UTC tzinfo when the offset is zero.
 
     Pydantic parses "...Z" with its own ``TzInfo``; Postgres rows and the stored document give
-    ``datetime.UTC``. Comparing or hashing two datetimes whose tzinfo objects differ goes through
-    ``utcoffset()`` (~300 ns instead of ~30 ns), and the domain sorts, compares and hashes event times all
-    the time. Same instant, same ``isoformat()``, same JSON; other offsets are left as they are.
+    ``datetime.UTC``. Comparing two datetimes whose tzinfo objects differ goes through ``utcoffset()``
+    (~300 ns instead of ~30 ns), and the domain sorts and compares event times all the time.
+    Same instant, same ``isoformat()``, same JSON; other offsets are left as they are.
     """
     if moment.tzinfo is UTC or moment.utcoffset() != _ZERO:
         return moment
