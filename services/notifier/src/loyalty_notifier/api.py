@@ -117,21 +117,9 @@ def build_router(app: NotifierApp) -> APIRouter:
             customer_id,
             limit,
         )
+        # The view's fields are columns of the same name, but the recipient is shown only as its keyed hash.
         return [
-            DeliveryView(
-                notification_id=r["notification_id"],
-                source_event_id=r["source_event_id"],
-                source_event_type=r["source_event_type"],
-                channel=r["channel"],
-                recipient_hash=recipient_hash(r["recipient"], hash_key()),
-                template=r["template"],
-                category=r["category"],
-                status=r["status"],
-                attempts=r["attempts"],
-                due_at=r["due_at"],
-                finished_at=r["finished_at"],
-                last_error=r["last_error"],
-            )
+            DeliveryView.model_validate({**r, "recipient_hash": recipient_hash(r["recipient"], hash_key())})
             for r in rows
         ]
 
@@ -146,18 +134,7 @@ def build_router(app: NotifierApp) -> APIRouter:
             customer_id,
             limit,
         )
-        return [
-            SuppressionView(
-                source_event_id=r["source_event_id"],
-                source_event_type=r["source_event_type"],
-                template=r["template"],
-                category=r["category"],
-                reason=r["reason"],
-                detail=r["detail"],
-                at=r["at"],
-            )
-            for r in rows
-        ]
+        return [SuppressionView.model_validate(dict(r)) for r in rows]  # fields = same-named columns
 
     @router.get("/customers/{customer_id}/preferences", response_model=PreferencesView)
     async def preferences(tenant: str, customer_id: str, caller: Caller = Depends(auth)) -> PreferencesView:

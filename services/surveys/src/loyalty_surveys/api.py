@@ -350,22 +350,8 @@ def build_router(
             resolved_late=summary["late"],
             open_breached=summary["open_breached"],
             sla_compliance=domain.sla_compliance(summary["within"], summary["late"], summary["open_breached"]),
-            cases=[
-                CaseOut(
-                    case_id=r["case_id"],
-                    customer_id=r["customer_id"],
-                    queue=r["queue"],
-                    score=r["score"],
-                    status=r["status"],
-                    opened_at=r["opened_at"],
-                    deadline_at=r["deadline_at"],
-                    breached=r["breached"],
-                    resolved_at=r["resolved_at"],
-                    seconds_to_resolve=r["seconds_to_resolve"],
-                    within_deadline=r["within_deadline"],
-                )
-                for r in rows
-            ],
+            # The view's fields are columns of the same name (the row's other columns are left out).
+            cases=[CaseOut.model_validate(dict(r)) for r in rows],
         )
 
     @router.get("/tenants/{tenant}/themes", response_model=list[ThemeOut])
@@ -412,18 +398,7 @@ def build_router(
             customer_id=customer_id,
             balance=account["balance"] if account else opening,
             at_risk=account["at_risk"] if account else False,
-            feedback=[
-                FeedbackOut(
-                    feedback_id=f["feedback_id"],
-                    survey_id=f["survey_id"],
-                    kind=f["kind"],
-                    score=f["score"],
-                    comment=f["comment"],
-                    themes=list(f["themes"]),
-                    answered_at=f["answered_at"],
-                )
-                for f in feedback
-            ],
+            feedback=[FeedbackOut.model_validate(dict(f)) for f in feedback],  # fields = same-named columns
             entries=[{"fact": e["fact"], "amount": e["amount"], "booked_at": e["booked_at"]} for e in entries],
         )
 
