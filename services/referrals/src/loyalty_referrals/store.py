@@ -338,9 +338,14 @@ async def load_referrals(
     return book
 
 
-def _tenant(tenant: str) -> dict[str, tuple[str, Any]]:
-    """Every row of a tenant-scoped table carries the batch's tenant."""
-    return {"tenant": ("text", tenant)}
+async def _insert_new(
+    conn: asyncpg.Connection, tenant: str, table: str, columns: str, rows: Sequence[Sequence[Any]]
+) -> None:
+    """Append-only rows of one tenant (``columns`` as in CREATE TABLE, without the tenant): a row already
+    stored, by a replayed batch, is left as it is."""
+    await insert_rows(
+        conn, table, typed_columns(columns), rows, constants={"tenant": ("text", tenant)}, on_conflict="DO NOTHING"
+    )
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -395,13 +400,12 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
                 ]
             ),
         )
-        await insert_rows(
+        await _insert_new(
             conn,
+            tenant,
             "customer_contacts",
-            typed_columns("contact_hash text, customer_id text"),
+            "contact_hash text, customer_id text",
             [(h, c.customer_id) for c in customers for h in sorted(c.contact_hashes)],
-            constants=_tenant(tenant),
-            on_conflict="DO NOTHING",
         )
         issued = [c for c in customers if c.code is not None]
         if issued:
@@ -413,10 +417,11 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
                 [normalize_code(c.code or "") for c in issued],
                 [c.customer_id for c in issued],
             )
-    await insert_rows(
+    await _insert_new(
         conn,
+        tenant,
         "invitations",
-        typed_columns(
+        (
             "invitation_id text, referrer_id text, contact_hash text, invited_at timestamptz, channel text, "
             "email_domain text"
         ),
@@ -424,13 +429,12 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
             (i.invitation_id, i.referrer_id, i.contact_hash, i.at, i.channel, i.email_domain)
             for i in book.new_invitations
         ],
-        constants=_tenant(tenant),
-        on_conflict="DO NOTHING",
     )
-    await insert_rows(
+    await _insert_new(
         conn,
+        tenant,
         "claims",
-        typed_columns(
+        (
             "referee_id text, referrer_id text, source smallint, claimed_at timestamptz, invitation_id text, "
             "email_domain text"
         ),
@@ -438,16 +442,13 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
             (c.referee_id, c.referrer_id, int(c.source), c.claimed_at, c.invitation_id or "", c.email_domain)
             for c in book.new_claims
         ],
-        constants=_tenant(tenant),
-        on_conflict="DO NOTHING",
     )
-    await insert_rows(
+    await _insert_new(
         conn,
+        tenant,
         "pending_codes",
-        typed_columns("code text, referee_id text, source smallint, claimed_at timestamptz"),
+        "code text, referee_id text, source smallint, claimed_at timestamptz",
         [(p.code, p.referee_id, int(p.source), p.claimed_at) for p in book.new_pending],
-        constants=_tenant(tenant),
-        on_conflict="DO NOTHING",
     )
     if book.resolved_pending:
         await conn.execute(
@@ -519,16 +520,15 @@ class RejectionRow:
 
 
 async def save_rejections(conn: asyncpg.Connection, tenant: str, rows: Sequence[RejectionRow]) -> None:
-    await insert_rows(
+    await _insert_new(
         conn,
+        tenant,
         "rejections",
-        typed_columns(
+        (
             "event_id text, referee_id text, referrer_id text, referral_id text, reason text, detail text, "
             "rejected_at timestamptz"
         ),
         [(r.event_id, r.referee_id, r.referrer_id, r.referral_id, r.reason, r.detail, r.at) for r in rows],
-        constants=_tenant(tenant),
-        on_conflict="DO NOTHING",
     )
 
 
@@ -542,13 +542,12 @@ class FeedbackRow:
 
 
 async def save_feedback(conn: asyncpg.Connection, tenant: str, rows: Sequence[FeedbackRow]) -> None:
-    await insert_rows(
+    await _insert_new(
         conn,
+        tenant,
         "feedback",
-        typed_columns("feedback_id text, customer_id text, survey_kind text, score smallint, received_at timestamptz"),
+        "feedback_id text, customer_id text, survey_kind text, score smallint, received_at timestamptz",
         [(r.feedback_id, r.customer_id, r.survey_kind, r.score, r.at) for r in rows],
-        constants=_tenant(tenant),
-        on_conflict="DO NOTHING",
     )
 
 
