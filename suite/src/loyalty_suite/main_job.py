@@ -69,9 +69,17 @@ async def run_main_job(opts: RunOptions, console: Console | None = None) -> Path
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
+    first_signal_at: list[float] = []
+
     def on_signal() -> None:
+        now = time.monotonic()
         if stop.is_set():
-            raise KeyboardInterrupt
+            # One Ctrl-C can arrive twice (the terminal signals the process group and `uv run` forwards it):
+            # only a second press, a moment later, aborts.
+            if first_signal_at and now - first_signal_at[0] > 1.0:
+                raise KeyboardInterrupt
+            return
+        first_signal_at.append(now)
         console.print("[yellow]stopping the stream; the report still follows (Ctrl-C again to abort)[/]")
         stop.set()
 
@@ -135,10 +143,14 @@ async def run_main_job(opts: RunOptions, console: Console | None = None) -> Path
         finally:
             await sinks.stop()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if procs is not None:
-            await asyncio.to_thread(procs.stop_all)
-            (stack.root / SERVICES_FILE).unlink(missing_ok=True)
-        if not reused:
-            await asyncio.to_thread(stack.down)
+        # Signal handlers stay installed until everything is stopped, so a late duplicate Ctrl-C cannot
+        # interrupt the clean-up half way.
+        try:
+            if procs is not None:
+                await asyncio.to_thread(procs.stop_all)
+                (stack.root / SERVICES_FILE).unlink(missing_ok=True)
+            if not reused:
+                await asyncio.to_thread(stack.down)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
