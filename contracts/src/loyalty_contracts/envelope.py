@@ -115,26 +115,35 @@ class KafkaRecord:
     headers: list[tuple[str, bytes]]
 
 
-def encode(env: Envelope) -> KafkaRecord:
-    """Kafka binary-mode record for an envelope; the topic comes from the catalogue."""
+_SPECVERSION_HEADER = ("ce_specversion", SPECVERSION.encode())
+_CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
+
+
+def encode(env: Envelope, topic_prefix: str = "") -> KafkaRecord:
+    """Kafka binary-mode record for an envelope; the topic comes from the catalogue (after ``topic_prefix``).
+
+    Runs once per emitted event: constant headers are shared tuples and the prefix is applied here, so an
+    emitting service builds one ``KafkaRecord``, not two.
+    """
+    data = env.data
     headers = [
         ("ce_id", env.id.encode()),
         ("ce_source", env.source.encode()),
         ("ce_type", env.type.encode()),
-        ("ce_specversion", b"1.0"),
+        _SPECVERSION_HEADER,
         ("ce_time", env.time.isoformat().encode()),
         ("ce_subject", env.subject.encode()),
         ("ce_tenantid", env.tenant.encode()),
         ("ce_partitionkey", env.partition_key.encode()),
-        ("content-type", b"application/json"),
+        _CONTENT_TYPE_HEADER,
     ]
     if env.traceparent:
         headers.append(("traceparent", env.traceparent.encode()))
     return KafkaRecord(
-        topic=topic_for(env.type),
-        key=env.data.customer_id.encode(),
-        value=env.data.__pydantic_serializer__.to_json(env.data),
-        headers=headers,
+        topic_prefix + topic_for(env.type),
+        data.customer_id.encode(),
+        data.__pydantic_serializer__.to_json(data),
+        headers,
     )
 
 

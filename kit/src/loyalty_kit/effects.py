@@ -160,10 +160,7 @@ class EffectContext:
         env = Envelope.new(
             data, tenant=owner, source=self.source, traceparent=self._traceparent_for(cause), id=new_event_id()
         )
-        record = encode(env)
-        if self.topic_prefix:
-            record = KafkaRecord(self.topic_prefix + record.topic, record.key, record.value, record.headers)
-        self.outbox.append(record)
+        self.outbox.append(encode(env, self.topic_prefix))
         self.emitted.append(env)
         return env
 
