@@ -92,16 +92,12 @@ class Envelope:
             raise ValueError("tenant must not be empty")
         if not source:
             raise ValueError("source must not be empty")
+        customer_id = data.customer_id
+        # Positional, in field order (id, source, type, time, subject, tenant, partition_key, traceparent,
+        # data): runs per emitted event, and keywords cost ~0.3 us more.
         return cls(
-            id=id if id is not None else str(uuid.uuid4()),
-            source=source,
-            type=data.ce_type(),
-            time=data.occurred_at,
-            subject=data.customer_id,
-            tenant=tenant,
-            partition_key=data.customer_id,
-            traceparent=traceparent,
-            data=data,
+            id if id is not None else str(uuid.uuid4()), source, data.ce_type(), data.occurred_at,
+            customer_id, tenant, customer_id, traceparent, data,
         )
 
 
@@ -197,7 +193,9 @@ def decode(
     """
     if value is None:
         raise DecodeError(DecodeReason.MALFORMED_JSON, "record has no value")
-    if isinstance(value, memoryview):
+    if type(value) is bytes:
+        pass  # what aiokafka hands out; the checks below are for other callers
+    elif isinstance(value, memoryview):
         value = value.tobytes()
     elif not isinstance(value, bytes | bytearray):
         raise DecodeError(DecodeReason.MALFORMED_JSON, f"value is {type(value).__name__}, not bytes")
@@ -211,7 +209,11 @@ def decode(
     if h["ce_specversion"] != SPECVERSION:
         raise DecodeError(DecodeReason.INVALID_HEADER, f"ce_specversion {h['ce_specversion'][:20]!r} is not 1.0")
     content_type = h.get("content-type")
-    if content_type is not None and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
+    if (
+        content_type is not None
+        and content_type != CONTENT_TYPE
+        and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE
+    ):
         raise DecodeError(DecodeReason.INVALID_HEADER, f"content-type {content_type[:60]!r} is not {CONTENT_TYPE}")
 
     ce_type = h["ce_type"]
@@ -234,7 +236,8 @@ def decode(
         raise DecodeError(DecodeReason.INVALID_HEADER, "ce_time has no UTC offset")
 
     try:
-        data = model.model_validate_json(value, extra="ignore")
+        # Exactly what ``model.model_validate_json(value, extra="ignore")`` runs, minus its Python wrapper.
+        data = model.__pydantic_validator__.validate_json(value, extra="ignore")
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
         if first["type"] in ("json_invalid", "json_type"):
@@ -253,14 +256,6 @@ def decode(
     if traceparent is not None and _TRACEPARENT.match(traceparent) is None:
         traceparent = None  # W3C trace context: an invalid traceparent is ignored, a new trace starts
 
-    return Envelope(
-        id=h["ce_id"],
-        source=h["ce_source"],
-        type=ce_type,
-        time=time,
-        subject=subject,
-        tenant=tenant,
-        partition_key=partition_key,
-        traceparent=traceparent,
-        data=data,
-    )
+    # Positional (field order: id, source, type, time, subject, tenant, partition_key, traceparent, data):
+    # keyword arguments cost ~0.3 us more per record.
+    return Envelope(h["ce_id"], h["ce_source"], ce_type, time, subject, tenant, partition_key, traceparent, data)

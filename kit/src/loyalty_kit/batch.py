@@ -52,7 +52,7 @@ class BatchContext(EffectContext):
 BatchHandler = Callable[[BatchContext], Awaitable[None]]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     record: Any  # aiokafka ConsumerRecord (topic, partition, offset, key, value, headers)
     env: Envelope
