@@ -21,7 +21,7 @@ from aiokafka.errors import (
 from deploy_chart import SERVICES, by_kind, render
 from loyalty_contracts import catalogue
 from loyalty_kit.outbox import make_producer
-from secured_kafka import SecuredKafka, start_secured_kafka
+from secured_kafka import SecuredKafka, create_acls, start_secured_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def broker(
             for rule in user["spec"]["authorization"]["acls"]
             for op in rule["operations"]
         ]
-        kafka.create_acls(lines, work)
+        create_acls(kafka, lines, work)
         yield kafka
     finally:
         kafka.stop()

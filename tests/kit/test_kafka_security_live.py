@@ -18,7 +18,8 @@ from loyalty_contracts.envelope import encode
 from loyalty_kit.dlq import list_dead_letters, replay_dead_letters
 from loyalty_kit.testing import TopicReader, isolated_settings, publish, publish_raw, running, wait_until
 from loyalty_kit.topics import ensure_topics
-from scram_kafka import ScramKafka, start_scram_kafka
+from loyalty_suite.stack.secured import SecuredKafka as ScramKafka
+from loyalty_suite.stack.secured import start_secured_kafka as start_scram_kafka
 from test_pipeline import counts, purchases
 
 USER, PASSWORD = "loyalty-kt", uuid.uuid4().hex
