@@ -15,8 +15,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from loyalty_contracts.base import Event
 from loyalty_contracts.envelope import Envelope
 from loyalty_contracts.events import notifier as notifier_events
 from loyalty_contracts.events import retail, tiers
@@ -44,9 +45,11 @@ REQUEST_EVENT_TYPES = frozenset({out.SurveyRequested.ce_type(), out.FollowUpRequ
 # Lines that say nothing about what the customer bought (segment category ignores them).
 NON_PRODUCT_CATEGORIES = frozenset({retail.DELIVERY_FEE_CATEGORY, retail.GIFT_CARD_CATEGORY})
 
+E = TypeVar("E", bound=Event)
+
 
 def consumed_event_types() -> list[str]:
-    types = [
+    types: list[type[Event]] = [
         retail.CustomerRegistered,
         tiers.TierChanged,
         retail.PurchaseMade,
@@ -62,6 +65,15 @@ def consumed_event_types() -> list[str]:
     if "loyalty.NotificationSuppressed.v1" in EVENT_TYPES:
         names.append("loyalty.NotificationSuppressed.v1")
     return names
+
+
+def _payload(env: Envelope, model: type[E]) -> E:
+    """The envelope's event as `model`. Batches are grouped by ce_type and each ce_type decodes to one model,
+    so this only tells the type checker what the grouping already guarantees."""
+    data = env.data
+    if not isinstance(data, model):
+        raise TypeError(f"{env.type} {env.id}: expected {model.__name__}, got {type(data).__name__}")
+    return data
 
 
 class MissingTokenSecret(RuntimeError):
@@ -230,7 +242,8 @@ class SurveysHandlers:
                     continue  # a second answer to one request is a duplicate, not poison
                 # Bad data: fail the batch so the kit isolates this event and dead-letters it with the reason.
                 if result.reason == "unknown_request":
-                    raise UnknownRequest(f"SurveyAnswered {env.id}: no survey request {env.data.request_id}")
+                    request_id = _payload(env, retail.SurveyAnswered).request_id
+                    raise UnknownRequest(f"SurveyAnswered {env.id}: no survey request {request_id}")
                 raise domain.InvalidAnswer(f"SurveyAnswered {env.id}: {result.reason}")
         await self._resolutions(ctx, by_type.get(retail.CaseResolved.ce_type(), []), book)
         for env in by_type.get(retail.ImprovementShipped.ce_type(), []):
@@ -241,20 +254,18 @@ class SurveysHandlers:
     async def _customer_facts(self, ctx: Any, by_type: Mapping[str, list[Envelope]]) -> None:
         rows: list[tuple[str, str, datetime | None, str | None, str | None]] = []
         for env in by_type.get(retail.CustomerRegistered.ce_type(), []):
-            rows.append((env.tenant, env.data.customer_id, None, None, env.data.locale))
+            registered = _payload(env, retail.CustomerRegistered)
+            rows.append((env.tenant, registered.customer_id, None, None, registered.locale))
         for env in by_type.get(tiers.TierChanged.ce_type(), []):
-            rows.append((env.tenant, env.data.customer_id, None, env.data.to_tier, None))
+            changed = _payload(env, tiers.TierChanged)
+            rows.append((env.tenant, changed.customer_id, None, changed.to_tier, None))
         await store.upsert_customer_facts(ctx.conn, rows)
+        purchases = [
+            (env.tenant, _payload(env, retail.PurchaseMade)) for env in by_type.get(retail.PurchaseMade.ce_type(), [])
+        ]
         orders = [
-            (
-                env.tenant,
-                env.data.order_id,
-                env.data.customer_id,
-                env.data.store_id,
-                env.data.sales_channel,
-                _main_category(env.data),
-            )
-            for env in by_type.get(retail.PurchaseMade.ce_type(), [])
+            (tenant, p.order_id, p.customer_id, p.store_id, p.sales_channel, _main_category(p))
+            for tenant, p in purchases
         ]
         await store.insert_orders(ctx.conn, orders)
 
@@ -274,7 +285,9 @@ class SurveysHandlers:
         await store.upsert_customer_facts(
             conn, [(t, c, env.time, None, None) for (t, c), env in earliest_in_batch.items()]
         )
-        segments = await store.order_segments(conn, [(e.tenant, e.data.order_id) for e in deliveries])
+        segments = await store.order_segments(
+            conn, [(e.tenant, _payload(e, retail.DeliveryCompleted).order_id) for e in deliveries]
+        )
         customers = [(e.tenant, e.data.customer_id) for e in (*purchases, *deliveries, *consultations)]
         tiers_locales = await store.customer_tiers_and_locales(conn, customers)
 
@@ -294,7 +307,8 @@ class SurveysHandlers:
                 segment = store.Segment(known.store_id, known.sales_channel, known.category, tier)
                 book.add(env.tenant, data.customer_id, ["delivery_completed"], env.id, env.time, env)
             else:
-                segment = store.Segment(data.store_id, "store" if data.store_id else None, None, tier)
+                store_id = _payload(env, retail.ConsultationCompleted).store_id
+                segment = store.Segment(store_id, "store" if store_id else None, None, tier)
             for planned in domain.plan_surveys(fact, self.config(env.tenant).program):
                 rows.append(
                     store.RequestRow(
@@ -324,7 +338,7 @@ class SurveysHandlers:
 
     @staticmethod
     def _answer_from_event(env: Envelope) -> IncomingAnswer:
-        data = env.data
+        data = _payload(env, retail.SurveyAnswered)
         return IncomingAnswer(
             tenant=env.tenant,
             request_id=data.request_id,
@@ -510,11 +524,11 @@ class SurveysHandlers:
     async def _resolutions(self, ctx: Any, events: Sequence[Envelope], book: AccountBook) -> None:
         if not events:
             return
-        cases = await store.cases_by_id(ctx.conn, [(e.tenant, e.data.case_id) for e in events])
+        resolutions = [(env, _payload(env, retail.CaseResolved)) for env in events]
+        cases = await store.cases_by_id(ctx.conn, [(env.tenant, data.case_id) for env, data in resolutions])
         updates: list[tuple[str, str, datetime, str, int, int, bool]] = []
         resolved_now: dict[tuple[str, str], domain.CaseState] = {}
-        for env in events:
-            data = env.data
+        for env, data in resolutions:
             key = (env.tenant, data.case_id)
             current = resolved_now.get(key, cases.get(key))
             resolution = domain.resolve_case(current, data.case_id, env.time, self.config(env.tenant).calendar)
@@ -553,7 +567,7 @@ class SurveysHandlers:
     # --- you said, we did -----------------------------------------------------------------------------
 
     async def _improvement(self, ctx: Any, env: Envelope, book: AccountBook) -> None:
-        data = env.data
+        data = _payload(env, retail.ImprovementShipped)
         config = self.config(env.tenant)
         window = config.program.you_said_we_did.window
         start, end = domain.improvement_window(env.time, window, data.since)
@@ -592,8 +606,10 @@ class SurveysHandlers:
         ):
             for env in by_type.get(ce_type, []):
                 data = env.data
-                if getattr(data, "source_event_type", None) in REQUEST_EVENT_TYPES:
-                    rows.append((env.tenant, data.source_event_id, status, str(getattr(data, "reason", status))))
+                if not isinstance(data, notifier_events.NotificationFailed | notifier_events.NotificationSuppressed):
+                    raise TypeError(f"{env.type} {env.id}: not a delivery report ({type(data).__name__})")
+                if data.source_event_type in REQUEST_EVENT_TYPES:
+                    rows.append((env.tenant, data.source_event_id, status, str(data.reason)))
         changed = await store.mark_not_delivered(ctx.conn, rows)
         if changed:
             log.info("survey requests recorded as not delivered", extra={"count": len(changed)})
