@@ -28,7 +28,8 @@ SERVICE_METRICS: dict[str, str] = {
     "tier_changes": "loyalty_tier_changes_total",  # labels: tenant, to_tier
     "deliveries": "loyalty_notifier_deliveries_total",  # labels: channel, outcome
     "nps": "loyalty_surveys_nps",  # gauge, labels: tenant
-    "referral_gap": "loyalty_referrals_recommendation_gap",  # gauge: willing share - referring share, tenant
+    # gauge, labels: tenant; promoter share minus the share of promoters who referred (0..1), last 30 days
+    "referral_gap": "loyalty_referrals_recommendation_gap",
 }
 
 
@@ -92,7 +93,10 @@ def business_panels(service: str) -> list[Panel]:
     elif service == "referrals":
         panels.append(Panel("Said they'd recommend vs did (gap)", (
             (f"max by (tenant) ({m['referral_gap']})", "{{tenant}}"),
-        ), unit="percentunit", description="Surveyed willingness minus real referral share, per tenant."))
+        ), unit="percentunit", description=(
+            "Share of NPS respondents who would recommend (9-10) minus share of those promoters whose "
+            "referred friend converted, last 30 days, per tenant."
+        )))
     return panels
 
 

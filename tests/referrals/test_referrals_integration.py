@@ -7,6 +7,7 @@ Timers run on the event-time clock so the return window passes when a later even
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,20 @@ from loyalty_contracts.catalogue import topics_produced_by
 from loyalty_contracts.envelope import Envelope, decode
 from loyalty_kit import ServiceApp
 from loyalty_kit.dlq import list_dead_letters
-from loyalty_kit.testing import TopicReader, fresh_database, http_client, isolated_settings, publish, running
+from loyalty_kit.testing import (
+    TopicReader,
+    fresh_database,
+    http_client,
+    isolated_settings,
+    publish,
+    running,
+    wait_until,
+)
 from loyalty_kit.topics import ensure_topics
 from loyalty_referrals.app import build
-from loyalty_referrals.domain import derive_code
+from loyalty_referrals.domain import REPORT_PERIOD, derive_code
+from loyalty_referrals.gap import GAP_METRIC
+from prometheus_client.parser import text_string_to_metric_families
 from referrals_events import feedback, invited, purchased, refunded, registered
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -75,7 +86,8 @@ async def app(
         prefix=settings.topic_prefix,
         partitions=settings.topic_partitions,
     )
-    return build(settings, environ={"ACME_DIY_REFERRAL_SECRET": SECRET})
+    # The gap gauge refreshes fast here so tests see a change within a second, not the default 30 s.
+    return build(settings, environ={"ACME_DIY_REFERRAL_SECRET": SECRET}, gap_refresh_s=0.2)
 
 
 class Output:
@@ -201,8 +213,6 @@ async def test_invite_register_purchase_hold_grant_refund_revoke_and_redelivery(
 
 
 async def _wait_for_duplicates(app: ServiceApp, count: int) -> None:
-    from loyalty_kit.testing import wait_until
-
     await wait_until(lambda: app.metrics.duplicates._value.get() >= count, within_s=45)
 
 
@@ -260,8 +270,6 @@ async def test_review_queue_approval_and_vanity_codes_over_the_api(app: ServiceA
 
         async def queue() -> list[dict[str, Any]]:
             return (await http.get("/referrals/v1/tenants/acme-diy/reviews", headers=AUTH)).json()
-
-        from loyalty_kit.testing import wait_until
 
         await wait_until(lambda: _nonempty(queue), within_s=30)
         held = await queue()
@@ -332,3 +340,67 @@ async def test_code_consumed_before_its_owner_registration_still_attributes(
         converted = await out.wait("ReferralConverted", 1)
         assert (converted[0].referrer_id, converted[0].referee_id) == ("ivan", "hana")
         assert out.of("ReferralRejected") == []
+
+
+async def exported_gaps(http: Any) -> dict[str, float]:
+    """`loyalty_referrals_recommendation_gap` samples by tenant, as a scraper reads them from /metrics."""
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    return {
+        sample.labels["tenant"]: sample.value
+        for family in text_string_to_metric_families(response.text)
+        if family.name == GAP_METRIC
+        for sample in family.samples
+    }
+
+
+async def test_recommendation_gap_gauge_follows_feedback_conversions_and_refunds(
+    app: ServiceApp, kafka_bootstrap: str
+) -> None:
+    """says (promoters / NPS respondents) minus does (promoters whose friend converted), per tenant, on /metrics;
+    the same number as the says-vs-does API for the gauge's period (the last 30 days up to the event clock)."""
+    prefix = app.settings.topic_prefix
+    outputs = [prefix + t for t in topics_produced_by("referrals")]
+    async with running(app), TopicReader(kafka_bootstrap, *outputs) as reader, http_client(app) as http:
+        out = Output(reader)
+        await asyncio.sleep(0.5)  # a few refresh rounds with no answers yet
+        assert await exported_gaps(http) == {}  # no respondents: no series (0 would claim says == does)
+
+        await publish(
+            kafka_bootstrap,
+            [
+                registered("ana", day(0)),
+                registered("ben", day(0)),
+                registered("cleo", day(0)),
+                feedback("ana", day(0.5), 10, "fb-ana"),
+                feedback("ben", day(0.5), 9, "fb-ben"),
+                feedback("cleo", day(0.6), 3, "fb-cleo"),
+            ],
+            topic_prefix=prefix,
+        )
+        await out.wait("ReferralCodeIssued", 3)
+        # 2 of 3 respondents would recommend, no friend converted yet.
+        await wait_until(lambda: _gap_is(http, 0.6667), within_s=30)
+
+        # Ana's friend registers with her code and buys: one of two promoters did refer.
+        await publish(
+            kafka_bootstrap,
+            [registered("dora", day(1), code=code("ana")), purchased("dora", "o-dora", day(2))],
+            topic_prefix=prefix,
+        )
+        await out.wait("ReferralConverted", 1)
+        await wait_until(lambda: _gap_is(http, round(0.6667 - 0.5, 4)), within_s=30)
+        clock = day(2) + timedelta(microseconds=1)  # the watermark (dora's purchase), inclusive
+        period = {"since": (clock - REPORT_PERIOD).isoformat(), "until": clock.isoformat()}
+        report = (await http.get("/referrals/v1/tenants/acme-diy/says-vs-does", params=period, headers=AUTH)).json()
+        assert (report["respondents"], report["promoters"], report["promoters_who_referred"]) == (3, 2, 1)
+        assert (await exported_gaps(http))["acme-diy"] == report["gap"]
+
+        # The first order is refunded inside the hold: the referral is rejected and no longer counts as "did".
+        await publish(kafka_bootstrap, [refunded("dora", "o-dora", day(3))], topic_prefix=prefix)
+        await out.wait("ReferralRejected", 1)
+        await wait_until(lambda: _gap_is(http, 0.6667), within_s=30)
+
+
+async def _gap_is(http: Any, expected: float) -> bool:
+    return (await exported_gaps(http)).get("acme-diy") == expected

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from loyalty_referrals import domain, store
 from loyalty_referrals.handlers import Runtime, TimerRow, publish_effects, reward_id_for
 
-DEFAULT_PERIOD = timedelta(days=30)
+DEFAULT_PERIOD = domain.REPORT_PERIOD
 
 
 class CodeOut(BaseModel):
@@ -392,32 +392,7 @@ def build_router(app: ServiceApp, runtime: Runtime, auth: TenantAuth) -> APIRout
         program = program_of(tenant)
         start, end = _period(since, until)
         within = program.says_vs_does.referral_within_days
-        db = pool()
-        feedback = await db.fetch(
-            "SELECT customer_id, received_at, survey_kind, score FROM feedback WHERE tenant = $1 "
-            "AND received_at >= $2 AND received_at < $3 AND survey_kind = 'nps'",
-            tenant,
-            start,
-            end,
-        )
-        conversions = await db.fetch(
-            "SELECT referrer_id, converted_at FROM referrals WHERE tenant = $1 AND status <> 'rejected' "
-            "AND converted_at >= $2 AND converted_at < $3",
-            tenant,
-            start,
-            end + timedelta(days=within),
-        )
-        customers = await db.fetchval(
-            "SELECT count(*) FROM customers WHERE tenant = $1 AND registered_at < $2", tenant, end
-        )
-        report = domain.says_vs_does(
-            [domain.Feedback(r["customer_id"], r["received_at"], r["survey_kind"], r["score"]) for r in feedback],
-            [(r["referrer_id"], r["converted_at"]) for r in conversions],
-            int(customers),
-            start,
-            end,
-            within,
-        )
+        report = await store.says_vs_does_report(pool(), tenant, start, end, within)
         return SaysVsDoesOut(since=start, until=end, referral_within_days=within, **report.__dict__)
 
     @router.get("/reviews", response_model=list[ReferralOut], summary="Referrals held for staff review")

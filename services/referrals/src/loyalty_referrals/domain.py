@@ -904,6 +904,9 @@ class ReferralBook:
 # ---------------------------------------------------------------------------------------------- reports
 
 
+REPORT_PERIOD = timedelta(days=30)  # the default period of the reports and the gap gauge
+
+
 def is_promoter(feedback: Feedback) -> bool:
     return feedback.kind == "nps" and 9 <= feedback.score <= 10
 

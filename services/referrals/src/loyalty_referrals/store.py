@@ -20,6 +20,7 @@ from loyalty_referrals.domain import (
     Claim,
     ClaimSource,
     Customer,
+    Feedback,
     FirstOrder,
     Invitation,
     PendingCode,
@@ -31,7 +32,9 @@ from loyalty_referrals.domain import (
     RewardSpec,
     RewardStatus,
     Rules,
+    SaysVsDoes,
     normalize_code,
+    says_vs_does,
 )
 
 CHAIN_DEPTH_LIMIT = 100  # referral chains are short; the limit only guards against a cycle in stored data
@@ -556,3 +559,37 @@ async def taken_codes(conn: asyncpg.Connection, tenant: str, codes: Iterable[str
         "SELECT code FROM codes WHERE tenant = $1 AND code = ANY($2::text[])", tenant, sorted(set(codes))
     )
     return {r["code"] for r in rows}
+
+
+async def says_vs_does_report(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, start: datetime, end: datetime, within_days: int
+) -> SaysVsDoes:
+    """The says-vs-does figures of one tenant and period (three indexed reads, then the pure rule).
+
+    Shared by the read API and the `loyalty_referrals_recommendation_gap` gauge, so both show one number.
+    """
+    feedback = await conn.fetch(
+        "SELECT customer_id, received_at, survey_kind, score FROM feedback WHERE tenant = $1 "
+        "AND received_at >= $2 AND received_at < $3 AND survey_kind = 'nps'",
+        tenant,
+        start,
+        end,
+    )
+    conversions = await conn.fetch(
+        "SELECT referrer_id, converted_at FROM referrals WHERE tenant = $1 AND status <> 'rejected' "
+        "AND converted_at >= $2 AND converted_at < $3",
+        tenant,
+        start,
+        end + timedelta(days=within_days),
+    )
+    customers = await conn.fetchval(
+        "SELECT count(*) FROM customers WHERE tenant = $1 AND registered_at < $2", tenant, end
+    )
+    return says_vs_does(
+        [Feedback(r["customer_id"], r["received_at"], r["survey_kind"], r["score"]) for r in feedback],
+        [(r["referrer_id"], r["converted_at"]) for r in conversions],
+        int(customers),
+        start,
+        end,
+        within_days,
+    )
