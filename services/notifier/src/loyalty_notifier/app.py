@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class NotifierSettings(ServiceSettings):
     service: str = "notifier"
     # Key of the HMAC that turns a recipient address into NotificationDelivered.recipient_hash.
-    recipient_hash_key: str | None = Field(None, description="LOYALTY_RECIPIENT_HASH_KEY")
+    recipient_hash_key: str | None = Field(default=None, description="LOYALTY_RECIPIENT_HASH_KEY")
     sender_poll_interval_s: float = 0.5
     sender_claim_limit: int = 200
     sender_concurrency: int = 32  # more in flight made httpx's pool bookkeeping the bottleneck

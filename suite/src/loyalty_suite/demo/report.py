@@ -23,11 +23,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import yaml
+from loyalty_contracts.base import Event
 from loyalty_contracts.catalogue import SERVICES, TOPICS, dead_letter_topic
 from loyalty_contracts.envelope import DecodeError, Envelope, decode
+from loyalty_contracts.events.notifier import NotificationDelivered, NotificationFailed, NotificationSuppressed
+from loyalty_contracts.events.referrals import (
+    ReferralCodeIssued,
+    ReferralConverted,
+    ReferralRejected,
+    ReferralRewardGranted,
+    ReferralRewardRevoked,
+)
+from loyalty_contracts.events.retail import CustomerRegistered, FriendInvited, ImprovementShipped, PurchaseMade
+from loyalty_contracts.events.surveys import (
+    CaseDeadlineBreached,
+    DetractorCaseOpened,
+    FeedbackReceived,
+    FollowUpRequested,
+    LoopClosed,
+    SurveyRequested,
+    YouSaidWeDid,
+)
+from loyalty_contracts.events.tiers import TierChanged, TierDowngradeScheduled, TierProgressMilestone
 from loyalty_referrals.domain import Feedback, says_vs_does
 
 from . import charts
@@ -39,10 +59,15 @@ _PRODUCER_OF = {ce: spec.producers[0] for spec in TOPICS for ce in spec.event_ty
 TIER_COLORS = ("#9ca3af", "#60a5fa", "#2563eb", "#7c3aed", "#f59e0b", "#16a34a")
 SENTIMENT_COLORS = {"positive": "#16a34a", "neutral": "#f59e0b", "negative": "#dc2626"}
 
+E = TypeVar("E", bound=Event)
+
 
 @dataclass(frozen=True)
-class Rec:
-    """One decoded Kafka record: the envelope and the record's own timestamp (ms, wall clock)."""
+class Rec(Generic[E]):
+    """One decoded Kafka record: the envelope and the record's own timestamp (ms, wall clock).
+
+    `Rec[TierChanged]` (from `RunData.of(TierChanged)`) is a record whose event is known to be a TierChanged.
+    """
 
     topic: str
     partition: int
@@ -52,7 +77,12 @@ class Rec:
 
     @property
     def name(self) -> str:
-        return self.env.data.event_type
+        return self.event.event_type
+
+    @property
+    def event(self) -> E:
+        # Only `RunData.of` narrows E, after checking the event's class; a bare `Rec` is `Rec[Any]`.
+        return cast(E, self.env.data)
 
     @property
     def producer(self) -> str:
@@ -78,9 +108,9 @@ class RunData:
     tier_order: list[str] = field(default_factory=list)
     published: dict[str, int] = field(default_factory=dict)  # what the retailer (+ simulator) says it sent
 
-    def of(self, *names: str) -> list[Rec]:
-        wanted = set(names)
-        return [r for r in self.records if r.name in wanted]
+    def of(self, model: type[E]) -> list[Rec[E]]:
+        """The records whose event is a `model` (one model per event type, so this is the type's records)."""
+        return [r for r in self.records if isinstance(r.env.data, model)]
 
 
 # ---------------------------------------------------------------------------------------------- collect
@@ -280,17 +310,17 @@ def _label(week: datetime) -> str:
 
 
 def tiers_section(data: RunData) -> Section:
-    changes = data.of("TierChanged")
+    changes = data.of(TierChanged)
     if not changes:
         return Section("tiers", "Tier distribution over time", _no_data("tiers", "no TierChanged events"),
                        ["tiers: no data"], has_data=False)
-    registrations = data.of("CustomerRegistered")
+    registrations = data.of(CustomerRegistered)
     order = list(data.tier_order) or []
     for r in changes:
-        if r.env.data.to_tier not in order:
-            order.append(r.env.data.to_tier)
-    timeline = sorted(changes, key=lambda r: r.env.data.effective_at)
-    all_times = [r.env.data.effective_at for r in timeline] + [r.env.time for r in registrations]
+        if r.event.to_tier not in order:
+            order.append(r.event.to_tier)
+    timeline = sorted(changes, key=lambda r: r.event.effective_at)
+    all_times = [r.event.effective_at for r in timeline] + [r.env.time for r in registrations]
     weeks: list[datetime] = []
     if all_times:
         first, last = week_start(min(all_times)), week_start(max(all_times))
@@ -306,18 +336,18 @@ def tiers_section(data: RunData) -> Section:
     i = 0
     for week in weeks:
         end = week + timedelta(days=7)
-        while i < len(timeline) and timeline[i].env.data.effective_at < end:
-            current[timeline[i].env.data.customer_id] = timeline[i].env.data.to_tier
+        while i < len(timeline) and timeline[i].event.effective_at < end:
+            current[timeline[i].event.customer_id] = timeline[i].event.to_tier
             i += 1
         registered = sum(1 for t in reg_times if t < end)
         counts = Counter(current.values())
         series[unchanged].append(max(0, registered - len(current)))
         for tier in order:
             series[tier].append(counts.get(tier, 0))
-    ups = sum(r.env.data.direction == "up" and r.env.data.from_tier is not None for r in changes)
-    downs = sum(r.env.data.direction == "down" for r in changes)
-    milestones = len(data.of("TierProgressMilestone"))
-    scheduled = len(data.of("TierDowngradeScheduled"))
+    ups = sum(r.event.direction == "up" and r.event.from_tier is not None for r in changes)
+    downs = sum(r.event.direction == "down" for r in changes)
+    milestones = len(data.of(TierProgressMilestone))
+    scheduled = len(data.of(TierDowngradeScheduled))
     final = Counter(current.values())
     if entry:
         final[entry] += int(series[unchanged][-1]) if series[unchanged] else 0
@@ -334,24 +364,24 @@ def tiers_section(data: RunData) -> Section:
 
 
 def referrals_section(data: RunData) -> Section:
-    converted = data.of("ReferralConverted")
-    rejected = data.of("ReferralRejected")
-    granted = data.of("ReferralRewardGranted")
-    revoked = data.of("ReferralRewardRevoked")
-    issued = data.of("ReferralCodeIssued")
+    converted = data.of(ReferralConverted)
+    rejected = data.of(ReferralRejected)
+    granted = data.of(ReferralRewardGranted)
+    revoked = data.of(ReferralRewardRevoked)
+    issued = data.of(ReferralCodeIssued)
     if not (converted or rejected or granted or issued):
         return Section("referrals", "Referral funnel and the says-vs-does gap",
                        _no_data("referrals", "no referral results"), ["referrals: no data"], has_data=False)
-    invitations = data.of("FriendInvited")
-    registrations = data.of("CustomerRegistered")
-    invited_hashes = {r.env.data.invitee_contact_hash for r in invitations}
-    with_code = [r for r in registrations if r.env.data.referral_code]
-    via_invite = [r for r in registrations if not r.env.data.referral_code and r.env.data.contact_hashes
-                  and r.env.data.contact_hashes.email in invited_hashes]
-    decided = {r.env.data.referral_id for r in converted} | {r.env.data.referral_id for r in rejected
-                                                             if r.env.data.reason != "unknown_code"}
-    rewarded = {r.env.data.referral_id for r in granted}
-    revoked_ids = {r.env.data.referral_id for r in revoked}
+    invitations = data.of(FriendInvited)
+    registrations = data.of(CustomerRegistered)
+    invited_hashes = {r.event.invitee_contact_hash for r in invitations}
+    with_code = [r for r in registrations if r.event.referral_code]
+    via_invite = [r for r in registrations if not r.event.referral_code and r.event.contact_hashes
+                  and r.event.contact_hashes.email in invited_hashes]
+    decided = {r.event.referral_id for r in converted} | {r.event.referral_id for r in rejected
+                                                             if r.event.reason != "unknown_code"}
+    rewarded = {r.event.referral_id for r in granted}
+    revoked_ids = {r.event.referral_id for r in revoked}
     funnel = [
         ("invited or shared a code", len(invitations) + len(with_code)),
         ("friend registered", len(with_code) + len(via_invite)),
@@ -360,15 +390,15 @@ def referrals_section(data: RunData) -> Section:
         ("rewarded after hold", len(rewarded)),
         ("reward clawed back", len(revoked_ids)),
     ]
-    reasons = Counter(r.env.data.reason for r in rejected)
-    feedback = [Feedback(r.env.data.customer_id, r.env.data.occurred_at, r.env.data.survey_kind, r.env.data.score)
-                for r in data.of("FeedbackReceived")]
+    reasons = Counter(r.event.reason for r in rejected)
+    feedback = [Feedback(r.event.customer_id, r.event.occurred_at, r.event.survey_kind, r.event.score)
+                for r in data.of(FeedbackReceived)]
     times = [r.env.time for r in data.records]
     svd_html = _no_data("surveys", "no NPS answers, so no says-vs-does") if not any(
         f.kind == "nps" for f in feedback) else ""
     svd = None
     if not svd_html and times:
-        svd = says_vs_does(feedback, [(r.env.data.referrer_id, r.env.data.occurred_at) for r in converted],
+        svd = says_vs_does(feedback, [(r.event.referrer_id, r.event.occurred_at) for r in converted],
                            len(registrations), min(times), max(times) + timedelta(seconds=1), 90)
         svd_html = (
             charts.hbars([("say they would recommend (NPS 9–10)", round(100 * svd.promoter_share, 1)),
@@ -380,10 +410,10 @@ def referrals_section(data: RunData) -> Section:
               f"of them brought a friend who bought within 90 days).</p>"
         )
     days_to_convert = []
-    reg_at = {r.env.data.customer_id: r.env.time for r in registrations}
+    reg_at = {r.event.customer_id: r.env.time for r in registrations}
     for r in converted:
-        if r.env.data.referee_id in reg_at:
-            days_to_convert.append((r.env.data.occurred_at - reg_at[r.env.data.referee_id]).total_seconds() / 86400)
+        if r.event.referee_id in reg_at:
+            days_to_convert.append((r.event.occurred_at - reg_at[r.event.referee_id]).total_seconds() / 86400)
     median = f"{statistics.median(days_to_convert):.1f} d" if days_to_convert else "–"
     html = (
         f'<div class="stats">{_stat("codes issued", str(len(issued)))}{_stat("converted", str(len(converted)))}'
@@ -401,9 +431,9 @@ def referrals_section(data: RunData) -> Section:
 
 
 def nps_section(data: RunData) -> Section:
-    feedback = data.of("FeedbackReceived")
-    nps = [r for r in feedback if r.env.data.survey_kind == "nps"]
-    requests = data.of("SurveyRequested")
+    feedback = data.of(FeedbackReceived)
+    nps = [r for r in feedback if r.event.survey_kind == "nps"]
+    requests = data.of(SurveyRequested)
     if not feedback:
         what = "no answers yet" if requests else "no survey requests or answers"
         return Section("nps", "NPS trend by segment", _no_data("surveys", what) +
@@ -413,28 +443,28 @@ def nps_section(data: RunData) -> Section:
     # Buckets of whole weeks, wide enough for ~15 answers each on average, so one answer does not swing a point.
     span = max(1, math.ceil(15 * len(weeks) / max(1, len(nps))))
     buckets = weeks[::span]
-    segments = sorted({r.env.data.sales_channel or "unknown" for r in nps})
+    segments = sorted({r.event.sales_channel or "unknown" for r in nps})
     series: dict[str, list[float | None]] = {seg: [] for seg in segments}
     series["all channels"] = []  # last, so it is drawn on top
     for start in buckets:
         end = start + timedelta(days=7 * span)
         in_bucket = [r for r in nps if start <= r.env.time < end]
-        series["all channels"].append(nps_of(r.env.data.score for r in in_bucket) if len(in_bucket) >= 5 else None)
+        series["all channels"].append(nps_of(r.event.score for r in in_bucket) if len(in_bucket) >= 5 else None)
         for seg in segments:
-            scores = [r.env.data.score for r in in_bucket if (r.env.data.sales_channel or "unknown") == seg]
+            scores = [r.event.score for r in in_bucket if (r.event.sales_channel or "unknown") == seg]
             series[seg].append(nps_of(scores) if len(scores) >= 5 else None)
-    histogram = Counter(r.env.data.score for r in nps)
+    histogram = Counter(r.event.score for r in nps)
     hist_colors = ["#dc2626"] * 7 + ["#f59e0b"] * 2 + ["#16a34a"] * 2
-    csat = [r.env.data.score for r in feedback if r.env.data.survey_kind == "csat"]
-    overall = nps_of(r.env.data.score for r in nps)
+    csat = [r.event.score for r in feedback if r.event.survey_kind == "csat"]
+    overall = nps_of(r.event.score for r in nps)
     by_tier = _nps_by_tier(data, nps)
     stats = "".join([
         _stat("NPS", f"{overall:+.0f}" if overall is not None else "–", f"{len(nps)} answers"),
-        _stat("promoters", _pct(sum(r.env.data.score >= 9 for r in nps), len(nps))),
-        _stat("detractors", _pct(sum(r.env.data.score <= 6 for r in nps), len(nps))),
+        _stat("promoters", _pct(sum(r.event.score >= 9 for r in nps), len(nps))),
+        _stat("detractors", _pct(sum(r.event.score <= 6 for r in nps), len(nps))),
         _stat("CSAT (1–5)", f"{statistics.mean(csat):.2f}" if csat else "–", f"{len(csat)} answers"),
         _stat("survey requests", str(len(requests))),
-        _stat("follow-ups asked", str(len(data.of("FollowUpRequested")))),
+        _stat("follow-ups asked", str(len(data.of(FollowUpRequested)))),
     ])
     bucket_name = "weekly" if span == 1 else f"every {span} weeks"
     points = sum(v is not None for v in series["all channels"])
@@ -454,21 +484,21 @@ def nps_section(data: RunData) -> Section:
     return Section("nps", "NPS trend by segment", html, summary)
 
 
-def _nps_by_tier(data: RunData, nps: Sequence[Rec]) -> str:
-    changes = sorted(data.of("TierChanged"), key=lambda r: r.env.data.effective_at)
+def _nps_by_tier(data: RunData, nps: Sequence[Rec[FeedbackReceived]]) -> str:
+    changes = sorted(data.of(TierChanged), key=lambda r: r.event.effective_at)
     if not changes:
         return _no_data("tiers", "no tiers to segment by")
     history: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
-    for r in changes:
-        history[r.env.data.customer_id].append((r.env.data.effective_at, r.env.data.to_tier))
+    for change in changes:
+        history[change.event.customer_id].append((change.event.effective_at, change.event.to_tier))
     by_tier: dict[str, list[int]] = defaultdict(list)
     unchanged = f"{data.tier_order[0]} (no change yet)" if data.tier_order else "no tier"
     for r in nps:
         tier = unchanged
-        for at, to_tier in history.get(r.env.data.customer_id, []):
+        for at, to_tier in history.get(r.event.customer_id, []):
             if at <= r.env.time:
                 tier = to_tier
-        by_tier[tier].append(r.env.data.score)
+        by_tier[tier].append(r.event.score)
     order = [t for t in [unchanged, *data.tier_order] if t in by_tier] + sorted(
         t for t in by_tier if t not in data.tier_order and t != unchanged)
     rows = [(t, len(by_tier[t]), f"{nps_of(by_tier[t]):+.0f}") for t in order]
@@ -476,23 +506,23 @@ def _nps_by_tier(data: RunData, nps: Sequence[Rec]) -> str:
 
 
 def cases_section(data: RunData) -> Section:
-    opened = data.of("DetractorCaseOpened")
+    opened = data.of(DetractorCaseOpened)
     if not opened:
         return Section("cases", "Detractor cases and deadline compliance",
                        _no_data("surveys", "no detractor cases opened"), ["cases: none"], has_data=False)
-    closed = {r.env.data.case_id: r for r in data.of("LoopClosed")}
-    breached = {r.env.data.case_id for r in data.of("CaseDeadlineBreached")}
+    closed = {r.event.case_id: r for r in data.of(LoopClosed)}
+    breached = {r.event.case_id for r in data.of(CaseDeadlineBreached)}
     on_time = late = still_open = raced = 0
     for r in opened:
-        loop = closed.get(r.env.data.case_id)
+        loop = closed.get(r.event.case_id)
         if loop is None:
             still_open += 1
-        elif loop.env.data.occurred_at <= r.env.data.deadline_at:
+        elif loop.event.occurred_at <= r.event.deadline_at:
             on_time += 1
-            raced += r.env.data.case_id in breached
+            raced += r.event.case_id in breached
         else:
             late += 1
-    hours = [r.env.data.seconds_to_resolve / 3600 for r in closed.values()]
+    hours = [r.event.seconds_to_resolve / 3600 for r in closed.values()]
     bins = [(0, 2), (2, 4), (4, 8), (8, 24), (24, 48), (48, 10**6)]
     hist = [(f"{lo}–{hi}h" if hi < 10**6 else f">{lo}h", sum(lo <= h < hi for h in hours)) for lo, hi in bins]
     compliance = _pct(on_time, len(opened))
@@ -514,22 +544,22 @@ def cases_section(data: RunData) -> Section:
 
 
 def themes_section(data: RunData) -> Section:
-    feedback = data.of("FeedbackReceived")
+    feedback = data.of(FeedbackReceived)
     if not feedback:
         return Section("themes", "Themes in what customers say", _no_data("surveys", "no feedback"),
                        ["themes: no data"], has_data=False)
     per_theme: dict[str, Counter[str]] = defaultdict(Counter)
     for r in feedback:
-        for theme in r.env.data.themes:
-            per_theme[theme][sentiment(r.env.data.survey_kind, r.env.data.score)] += 1
-    with_comment = sum(bool(r.env.data.comment) for r in feedback)
+        for theme in r.event.themes:
+            per_theme[theme][sentiment(r.event.survey_kind, r.event.score)] += 1
+    with_comment = sum(bool(r.event.comment) for r in feedback)
     themes = sorted(per_theme, key=lambda t: -sum(per_theme[t].values()))
-    said_we_did = Counter(r.env.data.theme for r in data.of("YouSaidWeDid"))
-    shipped = data.of("ImprovementShipped")
+    said_we_did = Counter(r.event.theme for r in data.of(YouSaidWeDid))
+    shipped = data.of(ImprovementShipped)
     chart = charts.stacked_columns(themes, {s: [per_theme[t][s] for t in themes] for s in SENTIMENT_COLORS},
                                    colors=list(SENTIMENT_COLORS.values()), width=640, height=260) if themes else ""
-    shipped_rows = [(r.env.data.theme, r.env.data.improvement_id, r.env.time.date().isoformat(),
-                     said_we_did.get(r.env.data.theme, 0)) for r in shipped]
+    shipped_rows = [(r.event.theme, r.event.improvement_id, r.env.time.date().isoformat(),
+                     said_we_did.get(r.event.theme, 0)) for r in shipped]
     html = (
         f'<div class="stats">{_stat("answers with a comment", f"{with_comment} / {len(feedback)}")}'
         f'{_stat("themes found", str(sum(sum(c.values()) for c in per_theme.values())))}</div>'
@@ -545,18 +575,18 @@ def themes_section(data: RunData) -> Section:
 
 
 def messages_section(data: RunData) -> Section:
-    delivered = data.of("NotificationDelivered")
-    failed = data.of("NotificationFailed")
-    suppressed = data.of("NotificationSuppressed")
+    delivered = data.of(NotificationDelivered)
+    failed = data.of(NotificationFailed)
+    suppressed = data.of(NotificationSuppressed)
     captured = {sink: len(data.sinks.get(sink, [])) for sink in SINKS}
     if not (delivered or failed or suppressed or any(captured.values())):
         return Section("messages", "Messages per channel and suppressions",
                        _no_data("notifier", "no delivery outcomes and nothing reached the sinks"),
                        ["messages: no data"], has_data=False)
-    by_channel = Counter(r.env.data.channel for r in delivered)
+    by_channel: Counter[str] = Counter(r.event.channel for r in delivered)
     duplicates = _duplicates(data)
     rows = [(ch, by_channel.get(ch, 0), captured.get(ch, 0)) for ch in SINKS]
-    templates = Counter(r.env.data.template for r in delivered)
+    templates = Counter(r.event.template for r in delivered)
     rejected = len(data.sinks.get(REJECTED_WEBHOOKS, []))
     html = (
         f'<div class="stats">{_stat("delivered", str(len(delivered)))}{_stat("captured at sinks", str(sum(captured.values())))}'  # noqa: E501
@@ -567,9 +597,9 @@ def messages_section(data: RunData) -> Section:
         f"{_table(('channel', 'delivered (notifier)', 'captured (sink)'), rows)}"
         f"<h3>Per template</h3>{_table(('template', 'delivered'), templates.most_common(12))}</div>"
         f"<div><h3>Suppressed, by reason</h3>"
-        f"{charts.hbars(Counter(r.env.data.reason for r in suppressed).most_common(), colors=('#f59e0b',), width=520) or '<p>none</p>'}"  # noqa: E501
+        f"{charts.hbars(Counter(r.event.reason for r in suppressed).most_common(), colors=('#f59e0b',), width=520) or '<p>none</p>'}"  # noqa: E501
         f"<h3>Failed, by reason</h3>"
-        f"{charts.hbars(Counter(r.env.data.reason for r in failed).most_common(), colors=('#dc2626',), width=520) or '<p>none</p>'}"  # noqa: E501
+        f"{charts.hbars(Counter(r.event.reason for r in failed).most_common(), colors=('#dc2626',), width=520) or '<p>none</p>'}"  # noqa: E501
         f"</div></div>"
     )
     return Section("messages", "Messages per channel and suppressions", html, [
@@ -614,7 +644,7 @@ def latency_hops(data: RunData) -> tuple[list[Hop], list[Hop]]:
     arrivals = _arrivals(data, by_id)
     to_sink: list[Hop] = []
     for delivered, arrived_at in arrivals:
-        source = by_id.get(delivered.env.data.source_event_id)
+        source = by_id.get(delivered.event.source_event_id)
         if source is None:
             continue
         cause = inputs.get(source.trace_id or "") if source.producer != "retailer" else source
@@ -622,7 +652,7 @@ def latency_hops(data: RunData) -> tuple[list[Hop], list[Hop]]:
             continue
         scheduled = (source.env.time - cause.env.time) > timedelta(minutes=1)
         via = f" → {source.name}" if source is not cause else ""
-        to_sink.append(Hop(f"{cause.name}{via} → {delivered.env.data.channel}",
+        to_sink.append(Hop(f"{cause.name}{via} → {delivered.event.channel}",
                            arrived_at - cause.timestamp_ms / 1000, scheduled))
     return to_result, to_sink
 
@@ -642,19 +672,19 @@ def _arrivals(data: RunData, by_id: dict[str, Rec]) -> list[tuple[Rec, float]]:
     chats: dict[str, list[float]] = defaultdict(list)
     for m in data.sinks.get("telegram", []):
         chats[m["chat_id"]].append(m["arrived_at"])
-    chat_of = {r.env.data.customer_id: r.env.data.contacts.telegram_chat_id for r in data.of("CustomerRegistered")
-               if r.env.data.contacts.telegram_chat_id}
+    chat_of = {r.event.customer_id: r.event.contacts.telegram_chat_id for r in data.of(CustomerRegistered)
+               if r.event.contacts.telegram_chat_id}
     used: Counter[str] = Counter()
     found: list[tuple[Rec, float]] = []
-    for r in sorted(data.of("NotificationDelivered"), key=lambda x: x.timestamp_ms):
-        d = r.env.data
+    for r in sorted(data.of(NotificationDelivered), key=lambda x: x.timestamp_ms):
+        d = r.event
         arrived: float | None = None
         if d.channel in ("email", "sms"):
             arrived = by_notification.get(d.notification_id)
         elif d.channel == "webhook":
             source = by_id.get(d.source_event_id)
             if source is not None:
-                arrived = hooks.get((source.env.type, source.env.data.customer_id))
+                arrived = hooks.get((source.env.type, source.event.customer_id))
         elif d.channel == "telegram":
             chat = chat_of.get(d.customer_id)
             if chat is not None and used[chat] < len(chats[chat]):
@@ -688,7 +718,7 @@ def _secs(value: float) -> str:
 
 def latency_section(data: RunData) -> Section:
     to_result, to_sink = latency_hops(data)
-    delivered = len(data.of("NotificationDelivered"))
+    delivered = len(data.of(NotificationDelivered))
     unlinked = delivered - len(to_sink)
     if not to_result and not to_sink:
         return Section("latency", "End-to-end latency per flow",
@@ -767,14 +797,14 @@ def build_report(data: RunData) -> Report:
     """Every section's numbers and HTML from the collected data (pure)."""
     sections = [tiers_section(data), referrals_section(data), nps_section(data), cases_section(data),
                 themes_section(data), messages_section(data), latency_section(data), health_section(data)]
-    customers = len(data.of("CustomerRegistered"))
-    orders = len(data.of("PurchaseMade"))
-    nps = nps_of(r.env.data.score for r in data.of("FeedbackReceived") if r.env.data.survey_kind == "nps")
+    customers = len(data.of(CustomerRegistered))
+    orders = len(data.of(PurchaseMade))
+    nps = nps_of(r.event.score for r in data.of(FeedbackReceived) if r.event.survey_kind == "nps")
     kpis = [
         ("customers", str(customers)),
         ("orders", str(orders)),
-        ("tier changes", str(len(data.of("TierChanged")))),
-        ("referrals converted", str(len(data.of("ReferralConverted")))),
+        ("tier changes", str(len(data.of(TierChanged)))),
+        ("referrals converted", str(len(data.of(ReferralConverted)))),
         ("NPS", f"{nps:+.0f}" if nps is not None else "–"),
         ("messages captured", str(sum(len(data.sinks.get(s, [])) for s in SINKS))),
     ]
@@ -783,7 +813,7 @@ def build_report(data: RunData) -> Report:
 
 def _samples(data: RunData, per_sink: int = 4) -> list[dict[str, Any]]:
     """A few captured messages per sink, one per template where the notification id tells the template."""
-    template_of = {r.env.data.notification_id: r.env.data.template for r in data.of("NotificationDelivered")}
+    template_of = {r.event.notification_id: r.event.template for r in data.of(NotificationDelivered)}
     picked: list[dict[str, Any]] = []
     for sink in SINKS:
         seen: set[str] = set()

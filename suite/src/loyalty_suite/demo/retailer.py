@@ -781,10 +781,10 @@ def expected_facts(envelopes: Iterable[Envelope]) -> ExpectedFacts:
                 refunded = left
             else:
                 refunded = 0
-                for line in data.lines:
-                    category, price = unit_price.get((data.order_id, line.line_id), ("", 0))
+                for refunded_line in data.lines:
+                    category, price = unit_price.get((data.order_id, refunded_line.line_id), ("", 0))
                     if _counts_as_goods(category):
-                        refunded += line.quantity * price
+                        refunded += refunded_line.quantity * price
                 refunded = min(refunded, left)
             goods_left[data.order_id] = left - refunded
             net[data.customer_id] -= refunded
