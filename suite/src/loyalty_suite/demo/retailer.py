@@ -837,6 +837,24 @@ async def topic_partitions(bootstrap: str, names: Iterable[str]) -> list[Any]:
             for p in sorted(t["partitions"], key=lambda p: p["partition"])]
 
 
+async def all_topic_partitions(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0) -> list[Any]:
+    """TopicPartitions of every named topic, waiting while freshly created ones reach the broker's metadata.
+
+    Right after CreateTopics a broker can still answer UNKNOWN_TOPIC_OR_PARTITION for a new topic for a moment.
+    """
+    wanted = set(names)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        partitions = await topic_partitions(bootstrap, sorted(wanted))
+        missing = wanted - {tp.topic for tp in partitions}
+        if not missing:
+            return partitions
+        if time.monotonic() >= deadline:
+            unknown = ", ".join(sorted(missing))
+            raise RuntimeError(f"topics still unknown to the broker after {timeout_s:.0f} s: {unknown}")
+        await asyncio.sleep(0.2)
+
+
 class SimClock:
     """The simulated clock: the event time of the latest published retailer event."""
 
@@ -1032,7 +1050,7 @@ class CustomerSimulator:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                           enable_auto_commit=False)
         await self._consumer.start()
-        partitions = await topic_partitions(
+        partitions = await all_topic_partitions(
             self.bootstrap, [self.topic_prefix + topic_for(model.ce_type()) for model in self.WATCHED])
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
