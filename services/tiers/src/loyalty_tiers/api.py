@@ -184,7 +184,7 @@ def build_router(
                     status.HTTP_404_NOT_FOUND,
                     detail=f"no status events for customer {customer_id!r} in tenant {caller.tenant!r}",
                 )
-            facts = list(row.facts)
+            facts = (await store.load_facts(conn, caller.tenant, [customer_id])).get(customer_id, [])
             now = await clock_now(conn, caller.tenant, clock)
         as_of = max(row.as_of, now)
         run = domain.recalculate if row.program_version != program.version else domain.process

@@ -54,8 +54,12 @@ def build_app(settings: ServiceSettings | None = None) -> tuple[TiersApp, TiersH
     settings = settings or ServiceSettings(service=SERVICE)
     files = load_program_files(settings.programs_dir, "tiers", TiersProgram)
     rules = tenant_rules(files)
-    handlers = TiersHandlers(rules)
     app = TiersApp(settings, rules, known_tenants=frozenset(rules), title="loyalty tiers")
+    tier_changes = app.counter(
+        "loyalty_tier_changes_total", "Announced tier changes (TierChanged events) by the tier entered",
+        ["tenant", "to_tier"],
+    )
+    handlers = TiersHandlers(rules, on_tier_change=lambda tenant, to_tier: tier_changes.labels(tenant, to_tier).inc())
     app.batch_handler(*CONSUMED_TYPES)(handlers.on_batch)
     app.timer_handler(CHECK_TIMER)(handlers.on_check)
     app.include_router(

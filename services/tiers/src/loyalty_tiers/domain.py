@@ -22,8 +22,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
+from fractions import Fraction
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -205,9 +206,6 @@ class Entry:
     ref: str  # order id, sku, reward id, ... (what the entry is about)
 
 
-_ONE = Decimal(1)
-
-
 def _floor(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_FLOOR))
 
@@ -235,11 +233,11 @@ class _Expiry:
         self.window = window
         self.zone = zone
         self.member_since = member_since.astimezone(zone)
+        self.rolling = timedelta(days=window.days) if window.kind == "rolling_days" and window.days else None
 
     def __call__(self, earned_at: datetime) -> datetime:
-        if self.window.kind == "rolling_days":
-            assert self.window.days is not None
-            return earned_at + timedelta(days=self.window.days)
+        if self.rolling is not None:
+            return earned_at + self.rolling
         local = earned_at.astimezone(self.zone)
         if self.window.kind == "calendar_year":
             return datetime(local.year + 1, 1, 1, tzinfo=self.zone)
@@ -263,30 +261,60 @@ def _is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
-class _CapBook:
-    """Points already credited per activity per local day and month, for the anti-gaming caps."""
+@dataclass(slots=True)
+class Derivation:
+    """What deriving a customer's facts leaves behind that later facts depend on.
 
-    def __init__(self, program: TiersProgram, zone: ZoneInfo) -> None:
+    Enough to derive facts that come later in event time than every known one (``advance``) without the
+    known facts: the first activity (membership anniversary), what was already rewarded once (orders,
+    products, survey requests, activities, referral rewards), corrections still waiting for their original
+    (a refund before its purchase, a revocation before its grant: a matching fact needs the full
+    re-derivation), and the caps used on the latest local day and month per activity (facts are applied in
+    event-time order, so earlier days never matter again). Each set grows by a short id per rewarded fact.
+    """
+
+    member_since: datetime | None = None
+    orders: dict[str, str] = field(default_factory=dict)  # order id -> purchase event that booked it
+    reviewed: dict[str, str] = field(default_factory=dict)  # sku -> rewarded review event
+    answered: set[str] = field(default_factory=set)  # survey request ids
+    activities: set[str] = field(default_factory=set)  # community activity ids
+    grants: set[str] = field(default_factory=set)  # referral reward ids booked
+    open_orders: set[str] = field(default_factory=set)  # refunded before their purchase was seen
+    open_rewards: set[str] = field(default_factory=set)  # revoked before their grant was seen
+    cap_day: dict[str, tuple[int, int]] = field(default_factory=dict)  # activity -> (local date ordinal, used)
+    cap_month: dict[str, tuple[int, int]] = field(default_factory=dict)  # activity -> (year*12+month-1, used)
+
+
+class _CapBook:
+    """Points already credited per activity on the latest local day and month, for the anti-gaming caps.
+
+    Facts are applied in event-time order, so only the latest day and month can still receive points."""
+
+    def __init__(self, program: TiersProgram, zone: ZoneInfo, state: Derivation) -> None:
         self.caps = program.earning.caps
         self.zone = zone
-        self.used_day: dict[tuple[str, date], int] = {}
-        self.used_month: dict[tuple[str, int, int], int] = {}
+        self.day = state.cap_day
+        self.month = state.cap_month
 
     def take(self, activity: str, at: datetime, wanted: int) -> tuple[int, str]:
         cap = self.caps.get(activity)  # type: ignore[call-overload]
         if cap is None or wanted <= 0:
             return wanted, ""
         local = at.astimezone(self.zone).date()
-        day_key = (activity, local)
-        month_key = (activity, local.year, local.month)
+        day_no = local.toordinal()
+        month_no = local.year * 12 + local.month - 1
+        day = self.day.get(activity)
+        month = self.month.get(activity)
+        used_day = day[1] if day is not None and day[0] == day_no else 0
+        used_month = month[1] if month is not None and month[0] == month_no else 0
         room = wanted
         if cap.per_day is not None:
-            room = min(room, cap.per_day - self.used_day.get(day_key, 0))
+            room = min(room, cap.per_day - used_day)
         if cap.per_month is not None:
-            room = min(room, cap.per_month - self.used_month.get(month_key, 0))
+            room = min(room, cap.per_month - used_month)
         granted = max(0, room)
-        self.used_day[day_key] = self.used_day.get(day_key, 0) + granted
-        self.used_month[month_key] = self.used_month.get(month_key, 0) + granted
+        self.day[activity] = (day_no, used_day + granted)
+        self.month[activity] = (month_no, used_month + granted)
         if granted < wanted:
             return granted, f"; capped from {wanted} (limits per day {cap.per_day}, per month {cap.per_month})"
         return granted, ""
@@ -302,127 +330,175 @@ class _BookedOrder:
     reversed_points: dict[str, int] = field(default_factory=dict)
 
 
+class _Compiled:
+    """What the hot path needs from a program, built once per program object: the purchase rule as exact
+    integer ratios with ready-made rule text, and the tiers' positions.
+
+    points = floor(amount_minor * rate * multiplier / scale): with ``rate * multiplier = num / den`` that is
+    ``amount_minor * num // (den * scale)``, exact (the Decimal maths it replaces was exact in this range)."""
+
+    def __init__(self, program: TiersProgram) -> None:
+        rule = program.earning.purchase
+        rate = Fraction(rule.points_per_currency_unit)
+        self.excluded = frozenset(rule.excluded_categories)
+        self.default = (rate.numerator, rate.denominator)
+        self.ratios: dict[str, tuple[int, int]] = {}
+        self.suffixes: dict[str, str] = {}
+        for category, multiplier in rule.category_multipliers.items():
+            combined = rate * Fraction(multiplier)
+            self.ratios[category] = (combined.numerator, combined.denominator)
+            self.suffixes[category] = f" x{multiplier} ({category})" if multiplier != 1 else ""
+        self.prefix = f"{rule.points_per_currency_unit} pt per "
+        self.positions = {tier.id: i for i, tier in enumerate(program.ladder)}
+
+
+_COMPILED: dict[int, tuple[TiersProgram, _Compiled]] = {}
+
+
+def _compiled(program: TiersProgram) -> _Compiled:
+    cached = _COMPILED.get(id(program))
+    if cached is None or cached[0] is not program:  # the program object is kept, so its id is not reused
+        cached = (program, _Compiled(program))
+        _COMPILED[id(program)] = cached
+    return cached[1]
+
+
+def tier_positions(program: TiersProgram) -> dict[str, int]:
+    """Tier id -> index in the ladder (do not modify)."""
+    return _compiled(program).positions
+
+
 def _sort_key(fact: Fact) -> tuple[datetime, str]:
     return (fact.occurred_at, fact.event_id)
 
 
-def derive_ledger(program: TiersProgram, facts: Iterable[Fact], zone: ZoneInfo | None = None) -> list[Entry]:
-    """One entry per fact, in event-time order; deterministic in the set of facts."""
-    zone = zone or program.zone()
-    ordered = sorted(facts, key=_sort_key)
-    if not ordered:
-        return []
-    expiry = _Expiry(program.window, zone, ordered[0].occurred_at)
-    caps = _CapBook(program, zone)
-    rules = program.earning
-    entries: dict[str, Entry] = {}
-    orders: dict[str, _BookedOrder] = {}
-    grants: dict[str, Entry] = {}
-    revoked: set[str] = set()
-    reviewed_skus: dict[str, str] = {}
-    answered: dict[str, str] = {}
-    activities: dict[str, str] = {}
-    # Corrections (refunds, revocations) go second: they reverse what was booked, whatever arrived first.
-    corrections: list[Refund | ReferralRevoke] = []
+class _Deriver:
+    """Applies facts in event-time order to a ``Derivation``; one entry per fact.
 
-    def entry(fact: Fact, activity: EntryActivity, points: int, rule: str, ref: str) -> None:
-        entries[fact.event_id] = Entry(
-            fact.event_id, activity, points, fact.occurred_at, expiry(fact.occurred_at), rule, ref
-        )
+    ``full``: also keep what corrections need (the booked orders and grants); the in-order fast path
+    (``advance``) never applies corrections, so it skips that."""
 
-    for fact in ordered:
-        if isinstance(fact, Purchase):
-            if fact.order_id in orders:
-                first = orders[fact.order_id].purchase.event_id
-                entry(fact, "purchase", 0, f"order already booked by event {first}", fact.order_id)
+    def __init__(self, program: TiersProgram, zone: ZoneInfo, state: Derivation, full: bool) -> None:
+        assert state.member_since is not None
+        self.rules = program.earning
+        self.state = state
+        self.full = full
+        self.maths = _compiled(program)
+        self.expiry = _Expiry(program.window, zone, state.member_since)
+        self.caps = _CapBook(program, zone, state)
+        self.booked: dict[str, _BookedOrder] = {}
+        self.granted: dict[str, Entry] = {}
+        self.revoked: set[str] = set()
+
+    def _entry(self, fact: Fact, activity: EntryActivity, points: int, rule: str, ref: str) -> Entry:
+        at = fact.occurred_at
+        return Entry(fact.event_id, activity, points, at, self.expiry(at), rule, ref)
+
+    def add(self, fact: Fact) -> Entry:
+        """An earning fact (anything but a refund or a revocation)."""
+        kind = type(fact)
+        if kind is Purchase:
+            return self._purchase(fact)  # type: ignore[arg-type]
+        state = self.state
+        rules = self.rules
+        if kind is Review:
+            assert isinstance(fact, Review)
+            rule_r = rules.review
+            if fact.sku in state.reviewed:
+                return self._entry(fact, "review", 0,
+                                   f"product already rewarded (review event {state.reviewed[fact.sku]})", fact.sku)
+            if fact.text_length < rule_r.min_text_length:
+                return self._entry(fact, "review", 0,
+                                   f"text {fact.text_length} chars < {rule_r.min_text_length} required", fact.sku)
+            if rule_r.require_photo and not fact.has_photo:
+                return self._entry(fact, "review", 0, "a photo is required", fact.sku)
+            wanted = rule_r.points + (rule_r.photo_bonus if fact.has_photo else 0)
+            credited, cap_note = self.caps.take("review", fact.occurred_at, wanted)
+            photo = f" + {rule_r.photo_bonus} photo bonus" if fact.has_photo and rule_r.photo_bonus else ""
+            if credited > 0:
+                state.reviewed[fact.sku] = fact.event_id
+            return self._entry(fact, "review", credited, f"detailed review {rule_r.points}{photo}{cap_note}",
+                               fact.sku)
+        if kind is ReferralGrant:
+            assert isinstance(fact, ReferralGrant)
+            rule_f = rules.referral
+            if fact.reward_id in state.grants:
+                return self._entry(fact, "referral", 0, f"reward {fact.reward_id} already booked", fact.reward_id)
+            if fact.role not in rule_f.roles:
+                return self._entry(fact, "referral", 0, f"{fact.role} rewards earn no status points", fact.reward_id)
+            wanted = rule_f.points if rule_f.points is not None else fact.points
+            credited, cap_note = self.caps.take("referral", fact.occurred_at, wanted)
+            booked = self._entry(fact, "referral", credited, f"friend who bought ({fact.role}) {wanted}{cap_note}",
+                                 fact.reward_id)
+            state.grants.add(fact.reward_id)
+            if self.full:
+                self.granted[fact.reward_id] = booked
+            return booked
+        if kind is SurveyAnswer:
+            assert isinstance(fact, SurveyAnswer)
+            if fact.request_id in state.answered:
+                return self._entry(fact, "survey", 0, "survey request already rewarded", fact.request_id)
+            credited, cap_note = self.caps.take("survey", fact.occurred_at, rules.survey.points)
+            state.answered.add(fact.request_id)
+            return self._entry(fact, "survey", credited, f"answered survey {rules.survey.points}{cap_note}",
+                               fact.request_id)
+        if kind is Community:
+            assert isinstance(fact, Community)
+            if fact.activity_id in state.activities:
+                return self._entry(fact, "community", 0, "activity already rewarded", fact.activity_id)
+            if fact.kind not in rules.community.points_by_kind:
+                return self._entry(fact, "community", 0, f"kind {fact.kind!r} earns no points in this program",
+                                   fact.kind)
+            wanted = rules.community.points_by_kind[fact.kind]
+            credited, cap_note = self.caps.take("community", fact.occurred_at, wanted)
+            state.activities.add(fact.activity_id)
+            return self._entry(fact, "community", credited, f"community {fact.kind} {wanted}{cap_note}", fact.kind)
+        assert isinstance(fact, Carry)
+        return self._entry(fact, "recalculation", 0,
+                           f"tier {fact.tier} kept when program version {fact.program_version} was applied", fact.tier)
+
+    def _purchase(self, fact: Purchase) -> Entry:
+        state = self.state
+        first = state.orders.get(fact.order_id)
+        if first is not None:
+            return self._entry(fact, "purchase", 0, f"order already booked by event {first}", fact.order_id)
+        maths = self.maths
+        scale = currency_scale(fact.currency)
+        line_raw: list[int] = []
+        notes: list[str] = []
+        for line in fact.lines:
+            category = line.category
+            if category in maths.excluded:
+                line_raw.append(0)
+                notes.append(f"{line.line_id}: {category} excluded")
                 continue
-            rule = rules.purchase
-            scale = currency_scale(fact.currency)
-            line_raw: list[int] = []
-            notes: list[str] = []
-            for line in fact.lines:
-                if line.category in rule.excluded_categories:
-                    line_raw.append(0)
-                    notes.append(f"{line.line_id}: {line.category} excluded")
-                    continue
-                multiplier = rule.category_multipliers.get(line.category, _ONE)
-                amount = Decimal(line.unit_price_minor * line.quantity)
-                points = max(0, _floor(amount * rule.points_per_currency_unit * multiplier / scale))
-                line_raw.append(points)
-                suffix = f" x{multiplier} ({line.category})" if multiplier != 1 else ""
-                notes.append(f"{line.line_id}: {points}{suffix}")
-            credited, cap_note = caps.take("purchase", fact.occurred_at, sum(line_raw))
+            num, den = maths.ratios.get(category, maths.default)
+            points = max(0, line.unit_price_minor * line.quantity * num // (den * scale))
+            line_raw.append(points)
+            notes.append(f"{line.line_id}: {points}{maths.suffixes.get(category, '')}")
+        credited, cap_note = self.caps.take("purchase", fact.occurred_at, sum(line_raw))
+        booked = self._entry(
+            fact, "purchase", credited, f"{maths.prefix}{fact.currency}: {', '.join(notes)}{cap_note}", fact.order_id
+        )
+        state.orders[fact.order_id] = fact.event_id
+        if self.full:
             per_line = _allocate(credited, line_raw)
-            entry(
-                fact, "purchase", credited,
-                f"{rule.points_per_currency_unit} pt per {fact.currency}: " + ", ".join(notes) + cap_note,
-                fact.order_id,
-            )
-            orders[fact.order_id] = _BookedOrder(
+            self.booked[fact.order_id] = _BookedOrder(
                 purchase=fact,
-                entry=entries[fact.event_id],
+                entry=booked,
                 line_points={ln.line_id: p for ln, p in zip(fact.lines, per_line, strict=True)},
                 line_quantity={ln.line_id: ln.quantity for ln in fact.lines},
             )
-        elif isinstance(fact, Review):
-            rule_r = rules.review
-            if fact.sku in reviewed_skus:
-                entry(fact, "review", 0, f"product already rewarded (review event {reviewed_skus[fact.sku]})",
-                      fact.sku)
-            elif fact.text_length < rule_r.min_text_length:
-                entry(fact, "review", 0,
-                      f"text {fact.text_length} chars < {rule_r.min_text_length} required", fact.sku)
-            elif rule_r.require_photo and not fact.has_photo:
-                entry(fact, "review", 0, "a photo is required", fact.sku)
-            else:
-                wanted = rule_r.points + (rule_r.photo_bonus if fact.has_photo else 0)
-                credited, cap_note = caps.take("review", fact.occurred_at, wanted)
-                photo = f" + {rule_r.photo_bonus} photo bonus" if fact.has_photo and rule_r.photo_bonus else ""
-                entry(fact, "review", credited, f"detailed review {rule_r.points}{photo}{cap_note}", fact.sku)
-                if credited > 0:
-                    reviewed_skus[fact.sku] = fact.event_id
-        elif isinstance(fact, ReferralGrant):
-            rule_f = rules.referral
-            if fact.reward_id in grants:
-                entry(fact, "referral", 0, f"reward {fact.reward_id} already booked", fact.reward_id)
-            elif fact.role not in rule_f.roles:
-                entry(fact, "referral", 0, f"{fact.role} rewards earn no status points", fact.reward_id)
-            else:
-                wanted = rule_f.points if rule_f.points is not None else fact.points
-                credited, cap_note = caps.take("referral", fact.occurred_at, wanted)
-                entry(fact, "referral", credited, f"friend who bought ({fact.role}) {wanted}{cap_note}",
-                      fact.reward_id)
-                grants[fact.reward_id] = entries[fact.event_id]
-        elif isinstance(fact, SurveyAnswer):
-            if fact.request_id in answered:
-                entry(fact, "survey", 0, "survey request already rewarded", fact.request_id)
-            else:
-                credited, cap_note = caps.take("survey", fact.occurred_at, rules.survey.points)
-                entry(fact, "survey", credited, f"answered survey {rules.survey.points}{cap_note}", fact.request_id)
-                answered[fact.request_id] = fact.event_id
-        elif isinstance(fact, Community):
-            if fact.activity_id in activities:
-                entry(fact, "community", 0, "activity already rewarded", fact.activity_id)
-            elif fact.kind not in rules.community.points_by_kind:
-                entry(fact, "community", 0, f"kind {fact.kind!r} earns no points in this program", fact.kind)
-            else:
-                wanted = rules.community.points_by_kind[fact.kind]
-                credited, cap_note = caps.take("community", fact.occurred_at, wanted)
-                entry(fact, "community", credited, f"community {fact.kind} {wanted}{cap_note}", fact.kind)
-                activities[fact.activity_id] = fact.event_id
-        elif isinstance(fact, Carry):
-            entry(fact, "recalculation", 0,
-                  f"tier {fact.tier} kept when program version {fact.program_version} was applied", fact.tier)
-        else:
-            corrections.append(fact)
+        return booked
 
-    for fact in corrections:
+    def correct(self, fact: Refund | ReferralRevoke) -> Entry:
+        """A refund or revocation: reverses what its original earned (all earning facts applied first)."""
         if isinstance(fact, Refund):
-            booked = orders.get(fact.order_id)
+            booked = self.booked.get(fact.order_id)
             if booked is None:
-                entry(fact, "refund", 0, f"purchase {fact.order_id} not seen yet; reversed when it arrives",
-                      fact.order_id)
-                continue
+                self.state.open_orders.add(fact.order_id)
+                return self._entry(fact, "refund", 0,
+                                   f"purchase {fact.order_id} not seen yet; reversed when it arrives", fact.order_id)
             wanted_lines = (
                 [(line_id, qty) for line_id, qty in booked.line_quantity.items()] if fact.full else fact.lines
             )
@@ -443,25 +519,53 @@ def derive_ledger(program: TiersProgram, facts: Iterable[Fact], zone: ZoneInfo |
                 notes.append(f"{line_id}: -{delta}")
             # A refund dated before its purchase (clock skew) counts from the purchase time.
             counts_from = max(fact.occurred_at, booked.entry.counts_from)
-            entries[fact.event_id] = Entry(
+            return Entry(
                 fact.event_id, "refund", -reversed_total, counts_from, booked.entry.expires_at,
                 ("full refund" if fact.full else "partial refund") + f" of {fact.order_id}: " + ", ".join(notes),
                 fact.order_id,
             )
+        granted = self.granted.get(fact.reward_id)
+        if granted is None:
+            self.state.open_rewards.add(fact.reward_id)
+            return self._entry(fact, "referral_revoked", 0,
+                               f"reward {fact.reward_id} not seen yet; reversed when it arrives", fact.reward_id)
+        if fact.reward_id in self.revoked:
+            return self._entry(fact, "referral_revoked", 0, f"reward {fact.reward_id} already revoked", fact.reward_id)
+        self.revoked.add(fact.reward_id)
+        return Entry(
+            fact.event_id, "referral_revoked", -granted.points, max(fact.occurred_at, granted.counts_from),
+            granted.expires_at, f"referral reward {fact.reward_id} revoked", fact.reward_id,
+        )
+
+
+def derive(
+    program: TiersProgram, facts: Iterable[Fact], zone: ZoneInfo | None = None
+) -> tuple[list[Entry], Derivation]:
+    """The full derivation: one entry per fact, in event-time order, and the ``Derivation`` it leaves.
+
+    Deterministic in the set of facts. Corrections (refunds, revocations) go second: they reverse what was
+    booked, whatever arrived first."""
+    zone = zone or program.zone()
+    ordered = sorted(facts, key=_sort_key)
+    if not ordered:
+        return [], Derivation()
+    state = Derivation(member_since=ordered[0].occurred_at)
+    deriver = _Deriver(program, zone, state, full=True)
+    entries: dict[str, Entry] = {}
+    corrections: list[Refund | ReferralRevoke] = []
+    for fact in ordered:
+        if isinstance(fact, Refund | ReferralRevoke):
+            corrections.append(fact)
         else:
-            granted = grants.get(fact.reward_id)
-            if granted is None:
-                entry(fact, "referral_revoked", 0, f"reward {fact.reward_id} not seen yet; reversed when it arrives",
-                      fact.reward_id)
-            elif fact.reward_id in revoked:
-                entry(fact, "referral_revoked", 0, f"reward {fact.reward_id} already revoked", fact.reward_id)
-            else:
-                revoked.add(fact.reward_id)
-                entries[fact.event_id] = Entry(
-                    fact.event_id, "referral_revoked", -granted.points, max(fact.occurred_at, granted.counts_from),
-                    granted.expires_at, f"referral reward {fact.reward_id} revoked", fact.reward_id,
-                )
-    return [entries[f.event_id] for f in ordered]
+            entries[fact.event_id] = deriver.add(fact)
+    for correction in corrections:
+        entries[correction.event_id] = deriver.correct(correction)
+    return [entries[f.event_id] for f in ordered], state
+
+
+def derive_ledger(program: TiersProgram, facts: Iterable[Fact], zone: ZoneInfo | None = None) -> list[Entry]:
+    """One entry per fact, in event-time order; deterministic in the set of facts."""
+    return derive(program, facts, zone)[0]
 
 
 def balance_at(entries: Iterable[Entry], at: datetime) -> int:
@@ -491,6 +595,8 @@ class TierState:
     points: int
     pending: PendingDowngrade | None
     next_check_at: datetime | None  # when time alone may change something (expiry, grace, override)
+    # Balance changes still ahead of ``as_of`` (time, delta), sorted: what ``advance_state`` continues from.
+    future: tuple[tuple[datetime, int], ...] = ()
 
 
 def _supported(program: TiersProgram, points: int) -> int:
@@ -509,6 +615,19 @@ def _override_at(overrides: Sequence[Override], at: datetime) -> Override | None
     return found
 
 
+def _deltas(entries: Iterable[Entry]) -> list[tuple[datetime, int]]:
+    deltas: list[tuple[datetime, int]] = []
+    for e in entries:
+        if e.points and e.counts_from < e.expires_at:
+            deltas.append((e.counts_from, e.points))
+            deltas.append((e.expires_at, -e.points))
+    return deltas
+
+
+def _first(pair: tuple[datetime, int]) -> datetime:
+    return pair[0]
+
+
 def evaluate(
     program: TiersProgram,
     customer_id: str,
@@ -517,17 +636,9 @@ def evaluate(
     carries: Sequence[Carry] = (),
 ) -> TierState:
     """Tier state at ``as_of`` from the customer's ledger, walking event time from the first entry."""
-    policy = program.downgrade
-    grace = timedelta(days=policy.grace_days)
-    notice = timedelta(days=policy.notice_days)
     overrides = [o for o in program.overrides if o.customer_id == customer_id]
-
-    deltas: list[tuple[datetime, int]] = []
-    for e in entries:
-        if e.points and e.counts_from < e.expires_at:
-            deltas.append((e.counts_from, e.points))
-            deltas.append((e.expires_at, -e.points))
-    deltas.sort(key=lambda d: d[0])
+    deltas = _deltas(entries)
+    deltas.sort(key=_first)
     carry_at: dict[datetime, int] = {}
     for c in carries:
         if c.tier in _tier_ids(program):
@@ -538,15 +649,50 @@ def evaluate(
     moments.update(t for t in carry_at if t <= as_of)
     for o in overrides:
         moments.update(t for t in (o.starts_at, o.expires_at) if t <= as_of)
+    return _walk(program, overrides, deltas, carry_at, as_of, moments, 0, 0, None, "start", None)
+
+
+def advance_state(program: TiersProgram, customer_id: str, state: TierState, new_entries: Sequence[Entry],
+                  as_of: datetime) -> TierState:
+    """``evaluate`` continued from ``state`` (the walk up to ``state.as_of``) with entries that all count
+    from later than ``state.as_of``: the same walk over the moments in (state.as_of, as_of] only.
+
+    ``state.future`` holds the balance changes still ahead of ``state.as_of`` (expiries), so the walk does
+    not need the older entries. Agreement with ``evaluate`` is property-tested."""
+    after = state.as_of
+    overrides = [o for o in program.overrides if o.customer_id == customer_id]
+    deltas = [*state.future, *_deltas(new_entries)]
+    deltas.sort(key=_first)
+    moments: set[datetime] = {as_of}
+    moments.update(t for t, _ in deltas if after < t <= as_of)
+    for o in overrides:
+        moments.update(t for t in (o.starts_at, o.expires_at) if after < t <= as_of)
+    pending = state.pending
+    if pending is not None and pending.effective_at <= as_of:
+        moments.add(pending.effective_at)  # the full walk pushed it when the downgrade became pending
+    return _walk(program, overrides, deltas, {}, as_of, moments, state.points, state.tier, state.since,
+                 state.reason, pending)
+
+
+def _walk(
+    program: TiersProgram,
+    overrides: Sequence[Override],
+    deltas: list[tuple[datetime, int]],
+    carry_at: dict[datetime, int],
+    as_of: datetime,
+    moments: set[datetime],
+    balance: int,
+    tier: int,
+    since: datetime | None,
+    reason: str,
+    pending: PendingDowngrade | None,
+) -> TierState:
+    policy = program.downgrade
+    grace = timedelta(days=policy.grace_days)
+    notice = timedelta(days=policy.notice_days)
     heap = list(moments)
     heapq.heapify(heap)
-
-    balance = 0
     cursor = 0
-    tier = 0
-    since: datetime | None = None
-    reason = "start"
-    pending: PendingDowngrade | None = None
     last: datetime | None = None
 
     def pending_from(t: datetime, current: int, target: int) -> PendingDowngrade:
@@ -562,10 +708,10 @@ def evaluate(
         while cursor < len(deltas) and deltas[cursor][0] <= t:
             balance += deltas[cursor][1]
             cursor += 1
-        if t in carry_at and carry_at[t] > tier:
+        if carry_at and t in carry_at and carry_at[t] > tier:
             tier, since, reason = carry_at[t], t, "kept_at_recalculation"
         supported = _supported(program, balance)
-        override = _override_at(overrides, t)
+        override = _override_at(overrides, t) if overrides else None
         if override is not None and override.mode == "fixed":
             fixed = program.tier_index(override.tier)
             if fixed != tier:
@@ -592,17 +738,18 @@ def evaluate(
                 heapq.heappush(heap, pending.effective_at)
 
     # Next moment when time alone may change the state (drives the durable check timer).
+    future = deltas[cursor:]
     candidates: list[datetime] = []
     if pending is not None:
         candidates += [t for t in (pending.notice_at, pending.effective_at) if t > as_of]
     if policy.policy != "none" and tier > 0:
-        candidates += [t for t, d in deltas[cursor:] if d < 0]
+        candidates += [t for t, d in future if d < 0]
     for o in overrides:
         candidates += [t for t in (o.starts_at, o.expires_at) if t > as_of]
     candidates += [t for t in carry_at if t > as_of]
     return TierState(
         as_of=as_of, tier=tier, since=since, reason=reason, points=balance, pending=pending,
-        next_check_at=min(candidates) if candidates else None,
+        next_check_at=min(candidates) if candidates else None, future=tuple(sorted(future)),
     )
 
 
@@ -784,11 +931,12 @@ def diff(
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    entries: list[Entry]
+    entries: list[Entry]  # every entry (full derivation) or only the new facts' entries (``advance``)
     state: TierState
     effects: list[Effect]
     snapshot: Snapshot
     new_facts: list[Fact] = field(default_factory=list)  # facts the rules added (recalculation carries)
+    derivation: Derivation | None = None  # what later in-order facts need (``advance``)
 
 
 def _split(facts: Iterable[Fact]) -> tuple[list[Fact], list[Carry]]:
@@ -804,12 +952,54 @@ def process(
     as_of: datetime,
     zone: ZoneInfo | None = None,
 ) -> Outcome:
-    """Derive the ledger, evaluate at ``as_of`` and diff against what was announced."""
+    """Derive the ledger, evaluate at ``as_of`` and diff against what was announced (the reference path)."""
     all_facts, carries = _split(facts)
-    entries = derive_ledger(program, all_facts, zone)
+    entries, derivation = derive(program, all_facts, zone)
     state = evaluate(program, customer_id, entries, as_of, carries)
     effects, snapshot = diff(program, before, state)
-    return Outcome(entries, state, effects, snapshot)
+    return Outcome(entries, state, effects, snapshot, derivation=derivation)
+
+
+def advance(
+    program: TiersProgram,
+    customer_id: str,
+    derivation: Derivation,
+    state: TierState,
+    new_facts: Sequence[Fact],
+    before: Snapshot | None,
+    as_of: datetime,
+    zone: ZoneInfo | None = None,
+) -> Outcome | None:
+    """The in-order fast path: ``process`` of the known facts plus ``new_facts``, from what the known facts
+    left (``derivation``, updated in place, and ``state``, the evaluation at ``state.as_of``), without them.
+
+    Only when the result cannot differ from the full re-derivation: every new fact is an earning fact
+    (no refund, revocation or carry) dated strictly after ``state.as_of`` (so after every known fact), and
+    none completes a correction that arrived before its original. Otherwise None: the caller re-derives
+    from all facts with ``process``. ``new_facts`` must not repeat an event id. Returns only the new
+    facts' entries. Agreement with ``process`` (entries, state, effects, derivation) is property-tested.
+    """
+    after = state.as_of
+    if as_of < after:
+        return None
+    for fact in new_facts:
+        kind = type(fact)
+        if kind is Refund or kind is ReferralRevoke or kind is Carry or fact.occurred_at <= after:
+            return None
+        if kind is Purchase and fact.order_id in derivation.open_orders:  # type: ignore[union-attr]
+            return None
+        if kind is ReferralGrant and fact.reward_id in derivation.open_rewards:  # type: ignore[union-attr]
+            return None
+    entries: list[Entry] = []
+    if new_facts:
+        ordered = sorted(new_facts, key=_sort_key) if len(new_facts) > 1 else new_facts
+        if derivation.member_since is None:
+            derivation.member_since = ordered[0].occurred_at
+        deriver = _Deriver(program, zone or program.zone(), derivation, full=False)
+        entries = [deriver.add(fact) for fact in ordered]
+    new_state = advance_state(program, customer_id, state, entries, as_of)
+    effects, snapshot = diff(program, before, new_state)
+    return Outcome(entries, new_state, effects, snapshot, derivation=derivation)
 
 
 def recalculate(
@@ -826,7 +1016,7 @@ def recalculate(
     ``as_of`` (a Carry fact) and the normal downgrade policy runs from there: grace, advance notice.
     """
     all_facts, carries = _split(facts)
-    entries = derive_ledger(program, all_facts, zone)
+    entries, derivation = derive(program, all_facts, zone)
     state = evaluate(program, customer_id, entries, as_of, carries)
     new_facts: list[Fact] = []
     if (
@@ -836,7 +1026,7 @@ def recalculate(
     ):
         carry = Carry(f"recalc:{customer_id}:v{program.version}", as_of, before.tier, program.version)
         new_facts.append(carry)
-        entries = derive_ledger(program, [*all_facts, carry], zone)
+        entries, derivation = derive(program, [*all_facts, carry], zone)
         state = evaluate(program, customer_id, entries, as_of, [*carries, carry])
     effects, snapshot = diff(program, before, state, reason="program_changed")
-    return Outcome(entries, state, effects, snapshot, new_facts)
+    return Outcome(entries, state, effects, snapshot, new_facts, derivation)

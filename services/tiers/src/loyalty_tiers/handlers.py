@@ -9,8 +9,8 @@ facts and current entries), then multi-row writes of ledger revisions, statuses,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -169,92 +169,78 @@ class AppliedCounts:
     tier_changes: int = 0
     milestones: int = 0
     notices: int = 0
+    full_rederivations: int = 0  # customers that could not take the in-order fast path
+    changed_to: list[str] = field(default_factory=list)  # to_tier of each tier change (metrics)
 
 
-async def apply_customers(
-    ctx: EffectContext,
-    tenant: str,
-    rules: TenantRules,
-    new_facts: Mapping[str, Sequence[tuple[domain.Fact, Envelope | None]]],
-    evaluate_at: Mapping[str, datetime] | None = None,
-    *,
-    recalculating: bool = False,
-) -> AppliedCounts:
-    """Bring these customers up to date: new facts in, ledger revisions, status, history, events, timers."""
-    program = rules.program
-    evaluate_at = evaluate_at or {}
-    customers = sorted(set(new_facts) | set(evaluate_at))
-    counts = AppliedCounts(customers=len(customers))
-    if not customers:
-        return counts
-    conn = ctx.conn
-    await store.lock_customers(conn, tenant, customers)
-    stored = await store.load_customers(conn, tenant, customers)
+@dataclass
+class _Pending:
+    """A customer waiting for the full re-derivation (needs the stored facts and ledger revisions)."""
 
-    ledger_rows: list[tuple[str, int, domain.Entry]] = []
-    customer_rows: list[store.CustomerRow] = []
-    history_rows: list[store.HistoryRow] = []
-    timers_to_cancel: list[str] = []
-    timers_to_schedule: list[tuple[str, str, datetime, dict[str, str], str]] = []
-    for customer_id in customers:
-        before = stored.get(customer_id)
-        if before is not None and before.program_version > program.version:
-            raise StaleProgramVersion(
-                f"tenant {tenant}: customer {customer_id} is on tiers program version {before.program_version} "
-                f"but this process runs version {program.version}; restart it with the new program file"
-            )
-        facts = list(before.facts) if before is not None else []
-        seen = {f.event_id for f in facts}
-        cause: Envelope | None = None
-        times = []
-        for fact, env in new_facts.get(customer_id, ()):
-            cause = env or cause
-            if fact.event_id in seen:
-                continue
-            seen.add(fact.event_id)
-            facts.append(fact)
-            times.append(fact.occurred_at)
-        if customer_id in evaluate_at:
-            times.append(evaluate_at[customer_id])
-        if before is not None:
-            times.append(before.as_of)
-        if not times:
-            continue
-        as_of = max(times)
-        snapshot = before.snapshot() if before is not None else None
-        if recalculating or (before is not None and before.program_version != program.version):
-            outcome = domain.recalculate(program, customer_id, facts, snapshot, as_of, rules.zone)
-        else:
-            outcome = domain.process(program, customer_id, facts, snapshot, as_of, rules.zone)
-        facts.extend(outcome.new_facts)
+    customer_id: str
+    before: store.CustomerRow
+    fresh: list[domain.Fact]
+    cause: Envelope | None
+    as_of: datetime
 
+
+class _Batch:
+    """The rows one ``apply_customers`` call writes, collected per table (one statement each)."""
+
+    def __init__(self, ctx: EffectContext, tenant: str, rules: TenantRules, counts: AppliedCounts) -> None:
+        self.ctx = ctx
+        self.tenant = tenant
+        self.rules = rules
+        self.counts = counts
+        self.ledger_rows: list[tuple[str, int, domain.Entry]] = []
+        self.fact_rows: list[tuple[str, domain.Fact]] = []
+        self.customer_rows: list[store.CustomerRow] = []
+        self.history_rows: list[store.HistoryRow] = []
+        self.timers_to_cancel: list[str] = []
+        self.timers_to_schedule: list[tuple[str, str, datetime, dict[str, str], str]] = []
+
+    def add(
+        self,
+        customer_id: str,
+        before: store.CustomerRow | None,
+        outcome: domain.Outcome,
+        new_facts: Sequence[domain.Fact],
+        cause: Envelope | None,
+        as_of: datetime,
+        prior_keys: Mapping[str, store.EntryKey] | None,
+    ) -> None:
+        """``prior_keys``: the current revisions of the customer's entries (full re-derivation), or None when
+        every entry of ``outcome`` is new (the fast path, a first event)."""
+        program = self.rules.program
+        for fact in new_facts:
+            self.fact_rows.append((customer_id, fact))
         # Append-only ledger: new entries get revision 1, changed ones (a late purchase completing an early
         # refund, a late event under a cap) a new revision; unchanged ones nothing.
-        prior_entries = (before.entries if before is not None and before.entries_version == program.version
-                         else {})
-        entries: dict[str, store.EntryKey] = {}
-        for entry in outcome.entries:
-            prior = prior_entries.get(entry.entry_id)
-            key = store.entry_key(1 if prior is None else prior[0], entry)
-            if prior is None:
-                ledger_rows.append((customer_id, 1, entry))
-            elif prior[1:] != key[1:]:
-                key = store.entry_key(prior[0] + 1, entry)
-                ledger_rows.append((customer_id, key[0], entry))
-            entries[entry.entry_id] = key
+        if prior_keys is None:
+            for entry in outcome.entries:
+                self.ledger_rows.append((customer_id, 1, entry))
+        else:
+            for entry in outcome.entries:
+                prior = prior_keys.get(entry.entry_id)
+                if prior is None:
+                    self.ledger_rows.append((customer_id, 1, entry))
+                elif prior[1:] != store.entry_key(0, entry)[1:]:
+                    self.ledger_rows.append((customer_id, prior[0] + 1, entry))
 
-        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, facts, entries,
-                                   before.facts_json if before is not None else ())
-        customer_rows.append(row)
+        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, outcome.derivation)
+        self.customer_rows.append(row)
+        counts = self.counts
+        ctx = self.ctx
         for effect in outcome.effects:
-            event = to_event(rules, customer_id, effect, as_of)
+            event = to_event(self.rules, customer_id, effect, as_of)
             if cause is not None:
                 ctx.emit(event, cause=cause)
             else:
-                ctx.emit(event, tenant=tenant)
+                ctx.emit(event, tenant=self.tenant)
             if isinstance(effect, domain.TierChange):
                 counts.tier_changes += 1
-                history_rows.append(store.HistoryRow(
+                counts.changed_to.append(effect.to_tier)
+                self.history_rows.append(store.HistoryRow(
                     customer_id, effect.from_tier, effect.to_tier, effect.direction, effect.reason,
                     effect.effective_at, effect.points, program.version,
                 ))
@@ -267,24 +253,123 @@ async def apply_customers(
         new_check = row.next_check_at
         if new_check != old_check:
             if old_check is not None:
-                timers_to_cancel.append(timer_key(tenant, customer_id, old_check))
+                self.timers_to_cancel.append(timer_key(self.tenant, customer_id, old_check))
             if new_check is not None:
-                timers_to_schedule.append((CHECK_TIMER, timer_key(tenant, customer_id, new_check), new_check,
-                                           {"customer_id": customer_id}, tenant))
+                self.timers_to_schedule.append((CHECK_TIMER, timer_key(self.tenant, customer_id, new_check),
+                                                new_check, {"customer_id": customer_id}, self.tenant))
 
-    await store.append_ledger(conn, tenant, program.version, ledger_rows)
-    await store.upsert_customers(conn, tenant, customer_rows)
-    await store.insert_history(conn, tenant, history_rows)
-    await ctx.cancel_many(CHECK_TIMER, timers_to_cancel)
-    await ctx.schedule_many(timers_to_schedule)
+    async def write(self) -> None:
+        conn = self.ctx.conn
+        await store.insert_facts(conn, self.tenant, self.fact_rows)
+        await store.append_ledger(conn, self.tenant, self.rules.program.version, self.ledger_rows)
+        await store.upsert_customers(conn, self.tenant, self.customer_rows)
+        await store.insert_history(conn, self.tenant, self.history_rows)
+        await self.ctx.cancel_many(CHECK_TIMER, self.timers_to_cancel)
+        await self.ctx.schedule_many(self.timers_to_schedule)
+
+
+async def apply_customers(
+    ctx: EffectContext,
+    tenant: str,
+    rules: TenantRules,
+    new_facts: Mapping[str, Sequence[tuple[domain.Fact, Envelope | None]]],
+    evaluate_at: Mapping[str, datetime] | None = None,
+    *,
+    recalculating: bool = False,
+) -> AppliedCounts:
+    """Bring these customers up to date: new facts in, ledger revisions, status, history, events, timers.
+
+    Each customer takes the in-order fast path (``domain.advance``: only the new facts, from the stored
+    derivation and state) when it gives the same result as re-deriving everything; otherwise (a late or
+    out-of-order event, a refund or revocation, another program version, a recalculation) its stored facts
+    and ledger revisions are read and everything is re-derived (``domain.process`` / ``recalculate``)."""
+    program = rules.program
+    zone = rules.zone
+    evaluate_at = evaluate_at or {}
+    customers = sorted(set(new_facts) | set(evaluate_at))
+    counts = AppliedCounts(customers=len(customers))
+    if not customers:
+        return counts
+    conn = ctx.conn
+    await store.lock_customers(conn, tenant, customers)
+    stored = await store.load_customers(conn, tenant, customers)
+    batch = _Batch(ctx, tenant, rules, counts)
+    slow: list[_Pending] = []
+    for customer_id in customers:
+        before = stored.get(customer_id)
+        if before is not None and before.program_version > program.version:
+            raise StaleProgramVersion(
+                f"tenant {tenant}: customer {customer_id} is on tiers program version {before.program_version} "
+                f"but this process runs version {program.version}; restart it with the new program file"
+            )
+        fresh: list[domain.Fact] = []
+        seen: set[str] = set()
+        cause: Envelope | None = None
+        as_of: datetime | None = before.as_of if before is not None else None
+        for fact, env in new_facts.get(customer_id, ()):
+            cause = env or cause
+            if fact.event_id in seen:
+                continue
+            seen.add(fact.event_id)
+            fresh.append(fact)
+            if as_of is None or fact.occurred_at > as_of:
+                as_of = fact.occurred_at
+        due = evaluate_at.get(customer_id)
+        if due is not None and (as_of is None or due > as_of):
+            as_of = due
+        if as_of is None:
+            continue
+        if before is None:
+            # A first event: its facts are all there is, so the full derivation is as cheap as the fast path.
+            outcome = domain.process(program, customer_id, fresh, None, as_of, zone)
+            batch.add(customer_id, None, outcome, fresh, cause, as_of, None)
+            continue
+        outcome_or_none = None
+        if not recalculating:
+            state = before.state(program)
+            if state is not None:
+                assert before.derivation is not None
+                outcome_or_none = domain.advance(program, customer_id, before.derivation, state, fresh,
+                                                 before.snapshot(), as_of, zone)
+        if outcome_or_none is None:
+            slow.append(_Pending(customer_id, before, fresh, cause, as_of))
+        else:
+            batch.add(customer_id, before, outcome_or_none, fresh, cause, as_of, None)
+
+    if slow:
+        counts.full_rederivations = len(slow)
+        ids = [p.customer_id for p in slow]
+        stored_facts = await store.load_facts(conn, tenant, ids)
+        stored_keys = await store.load_entry_keys(conn, tenant, program.version, ids)
+        for p in slow:
+            facts = stored_facts.get(p.customer_id, [])
+            known = {f.event_id for f in facts}
+            fresh = [f for f in p.fresh if f.event_id not in known]
+            facts.extend(fresh)
+            snapshot = p.before.snapshot()
+            if recalculating or p.before.program_version != program.version:
+                outcome = domain.recalculate(program, p.customer_id, facts, snapshot, p.as_of, zone)
+                fresh.extend(outcome.new_facts)
+            else:
+                outcome = domain.process(program, p.customer_id, facts, snapshot, p.as_of, zone)
+            batch.add(p.customer_id, p.before, outcome, fresh, p.cause, p.as_of, stored_keys.get(p.customer_id, {}))
+    await batch.write()
     return counts
 
 
 class TiersHandlers:
     """The service's handlers, bound to the tenants' programs."""
 
-    def __init__(self, rules: Mapping[str, TenantRules]) -> None:
+    def __init__(
+        self, rules: Mapping[str, TenantRules], on_tier_change: Callable[[str, str], None] | None = None
+    ) -> None:
         self.rules = rules
+        self.on_tier_change = on_tier_change  # (tenant, to_tier) per announced change, e.g. a metric
+
+    def _changed(self, tenant: str, counts: AppliedCounts) -> None:
+        if self.on_tier_change is not None:
+            for to_tier in counts.changed_to:
+                self.on_tier_change(tenant, to_tier)
 
     def rules_for(self, tenant: str) -> TenantRules:
         try:
@@ -300,7 +385,7 @@ class TiersHandlers:
                 continue
             by_tenant.setdefault(env.tenant, {}).setdefault(env.data.customer_id, []).append((fact, env))
         for tenant, per_customer in by_tenant.items():
-            await apply_customers(ctx, tenant, self.rules_for(tenant), per_customer)
+            self._changed(tenant, await apply_customers(ctx, tenant, self.rules_for(tenant), per_customer))
 
     async def on_check(self, ctx: TimerContext, timers: list[Timer]) -> None:
         by_tenant: dict[str, dict[str, datetime]] = {}
@@ -309,4 +394,4 @@ class TiersHandlers:
             due = by_tenant.setdefault(timer.tenant, {})
             due[customer_id] = max(timer.due_at, due.get(customer_id, timer.due_at))
         for tenant, evaluate_at in by_tenant.items():
-            await apply_customers(ctx, tenant, self.rules_for(tenant), {}, evaluate_at)
+            self._changed(tenant, await apply_customers(ctx, tenant, self.rules_for(tenant), {}, evaluate_at))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from loyalty_kit.bulk import insert_rows, typed_columns
 
 from loyalty_tiers.domain import (
+    Derivation,
     Entry,
     Fact,
     PendingDowngrade,
@@ -19,6 +21,7 @@ from loyalty_tiers.domain import (
     TierState,
     fact_from_json,
     fact_to_json,
+    tier_positions,
 )
 from loyalty_tiers.program import TiersProgram
 
@@ -42,16 +45,30 @@ class CustomerRow:
     milestones: tuple[str, ...]
     notice_for: datetime | None
     next_check_at: datetime | None
-    # The customer's document: every fact so far, and the current ledger entries under ``entries_version``.
-    facts: tuple[Fact, ...] = ()
-    entries: dict[str, EntryKey] = field(default_factory=dict)
-    entries_version: int = 0
-    # The stored JSON of the first ``len(facts_json)`` facts, as loaded: written back as it is instead of
-    # serialising every old fact again on each event (facts are only ever appended).
-    facts_json: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
+    # The document: what the in-order fast path continues from (None: not stored, e.g. a row written before
+    # migration 0004; the next event then takes the full re-derivation, which stores one).
+    derivation: Derivation | None = None
+    future: tuple[tuple[datetime, int], ...] = ()  # balance changes ahead of as_of (expiries)
+    pending_since: datetime | None = None  # when the pending downgrade's balance shortfall began
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.tier, frozenset(Decimal(m) for m in self.milestones), self.notice_for)
+
+    def state(self, program: TiersProgram) -> TierState | None:
+        """The evaluated state this row stores, for ``domain.advance`` (None if it cannot be rebuilt)."""
+        if self.derivation is None or self.program_version != program.version:
+            return None
+        ids = tier_positions(program)
+        if self.tier not in ids or (self.pending_to is not None and self.pending_to not in ids):
+            return None
+        pending = None
+        if self.pending_to is not None:
+            if self.pending_since is None or self.pending_effective_at is None or self.pending_notice_at is None:
+                return None
+            pending = PendingDowngrade(ids[self.pending_to], self.pending_since, self.pending_effective_at,
+                                       self.pending_notice_at)
+        return TierState(self.as_of, ids[self.tier], self.since, self.reason, self.points, pending,
+                         self.next_check_at, self.future)
 
     @staticmethod
     def of(
@@ -59,11 +76,8 @@ class CustomerRow:
         program: TiersProgram,
         state: TierState,
         snapshot: Snapshot,
-        facts: Sequence[Fact] = (),
-        entries: dict[str, EntryKey] | None = None,
-        facts_json: tuple[dict[str, Any], ...] = (),
+        derivation: Derivation | None,
     ) -> CustomerRow:
-        """``facts_json``: the stored JSON of a prefix of ``facts`` (what ``load_customers`` read)."""
         pending: PendingDowngrade | None = state.pending
         return CustomerRow(
             customer_id=customer_id,
@@ -76,20 +90,22 @@ class CustomerRow:
             pending_to=program.ladder[pending.to_tier].id if pending else None,
             pending_effective_at=pending.effective_at if pending else None,
             pending_notice_at=pending.notice_at if pending else None,
-            milestones=tuple(sorted(str(m) for m in snapshot.milestones)),
+            milestones=tuple(sorted(str(m) for m in snapshot.milestones)) if snapshot.milestones else (),
             notice_for=snapshot.notice_for,
             next_check_at=state.next_check_at,
-            facts=tuple(facts),
-            entries=entries if entries is not None else {},
-            entries_version=program.version,
-            facts_json=facts_json[: len(facts)],
+            derivation=derivation,
+            future=state.future,
+            pending_since=pending.since if pending else None,
         )
 
     def doc_json(self) -> str:
+        if self.derivation is None:
+            return "{}"
         return _DOC_ENCODER.encode({
-            "version": self.entries_version,
-            "facts": [*self.facts_json, *(fact_to_json(f) for f in self.facts[len(self.facts_json):])],
-            "entries": {k: list(v) for k, v in self.entries.items()},
+            "v": self.program_version,
+            "d": derivation_to_json(self.derivation),
+            "f": [[micros(t), d] for t, d in self.future],
+            "ps": micros(self.pending_since) if self.pending_since is not None else None,
         })
 
 
@@ -108,8 +124,53 @@ def micros(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
 def entry_key(revision: int, entry: Entry) -> EntryKey:
     return (revision, entry.points, micros(entry.counts_from), micros(entry.expires_at))
+
+
+def derivation_to_json(d: Derivation) -> dict[str, Any]:
+    """Compact keys, empty parts left out (most customers have a few orders and nothing else)."""
+    out: dict[str, Any] = {"m": micros(d.member_since) if d.member_since is not None else None}
+    if d.orders:
+        out["o"] = d.orders
+    if d.reviewed:
+        out["r"] = d.reviewed
+    if d.answered:
+        out["a"] = sorted(d.answered)
+    if d.activities:
+        out["c"] = sorted(d.activities)
+    if d.grants:
+        out["g"] = sorted(d.grants)
+    if d.open_orders:
+        out["oo"] = sorted(d.open_orders)
+    if d.open_rewards:
+        out["or"] = sorted(d.open_rewards)
+    if d.cap_day:
+        out["cd"] = d.cap_day
+    if d.cap_month:
+        out["cm"] = d.cap_month
+    return out
+
+
+def derivation_from_json(data: dict[str, Any]) -> Derivation:
+    m = data["m"]
+    get = data.get
+    return Derivation(
+        member_since=from_micros(m) if m is not None else None,
+        orders=get("o") or {},
+        reviewed=get("r") or {},
+        answered=set(get("a") or ()),
+        activities=set(get("c") or ()),
+        grants=set(get("g") or ()),
+        open_orders=set(get("oo") or ()),
+        open_rewards=set(get("or") or ()),
+        cap_day={k: (v[0], v[1]) for k, v in (get("cd") or {}).items()},
+        cap_month={k: (v[0], v[1]) for k, v in (get("cm") or {}).items()},
+    )
 
 
 _CUSTOMER_COLUMNS = (
@@ -123,16 +184,19 @@ def _customer(row: asyncpg.Record) -> CustomerRow:
     (customer_id, program_version, tier, since, reason, points, as_of, pending_to, pending_effective_at,
      pending_notice_at, milestones, notice_for, next_check_at, doc_text) = row
     doc = json.loads(doc_text)
-    stored_facts = doc["facts"]
+    stored = doc.get("d")
+    derivation = None
+    future: tuple[tuple[datetime, int], ...] = ()
+    pending_since = None
+    if stored is not None and doc.get("v") == program_version:
+        derivation = derivation_from_json(stored)
+        future = tuple([(_EPOCH + timedelta(microseconds=t), d) for t, d in doc["f"]])
+        ps = doc.get("ps")
+        pending_since = from_micros(ps) if ps is not None else None
     return CustomerRow(
-        customer_id=customer_id, program_version=program_version, tier=tier, since=since, reason=reason,
-        points=points, as_of=as_of, pending_to=pending_to, pending_effective_at=pending_effective_at,
-        pending_notice_at=pending_notice_at, milestones=tuple(milestones), notice_for=notice_for,
-        next_check_at=next_check_at,
-        facts=tuple([fact_from_json(f) for f in stored_facts]),
-        entries={k: tuple(v) for k, v in doc["entries"].items()},
-        entries_version=doc["version"],
-        facts_json=tuple(stored_facts),
+        customer_id, program_version, tier, since, reason, points, as_of, pending_to, pending_effective_at,
+        pending_notice_at, tuple(milestones) if milestones else (), notice_for, next_check_at,
+        derivation, future, pending_since,
     )
 
 
@@ -210,21 +274,63 @@ async def customer_ledger(
     return [(r["revision"], _entry(r), r["recorded_at"]) for r in rows]
 
 
+_LEDGER_COLUMNS = typed_columns(
+    "customer_id text, revision int, entry_id text, activity text, points int, counts_from timestamptz, "
+    "expires_at timestamptz, rule text, ref text"
+)
+
+
 async def append_ledger(
     conn: asyncpg.Connection, tenant: str, version: int, rows: Sequence[tuple[str, int, Entry]]
 ) -> None:
     """Append (customer_id, revision, entry) rows."""
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO ledger (tenant, program_version, customer_id, revision, entry_id, activity, points, "
-        "counts_from, expires_at, rule, ref) SELECT $1, $2, u.* FROM unnest($3::text[], $4::int[], $5::text[], "
-        "$6::text[], $7::int[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[]) AS u",
-        tenant, version,
-        [c for c, _, _ in rows], [rev for _, rev, _ in rows], [e.entry_id for _, _, e in rows],
-        [e.activity for _, _, e in rows], [e.points for _, _, e in rows], [e.counts_from for _, _, e in rows],
-        [e.expires_at for _, _, e in rows], [e.rule for _, _, e in rows], [e.ref for _, _, e in rows],
+    await insert_rows(
+        conn, "ledger", _LEDGER_COLUMNS,
+        [(c, rev, e.entry_id, e.activity, e.points, e.counts_from, e.expires_at, e.rule, e.ref) for c, rev, e in rows],
+        constants={"tenant": ("text", tenant), "program_version": ("int", version)},
     )
+
+
+async def load_entry_keys(
+    conn: asyncpg.Connection, tenant: str, version: int, customers: Sequence[str]
+) -> dict[str, dict[str, EntryKey]]:
+    """The current revision of every entry of these customers under ``version`` (full re-derivation only:
+    a changed entry becomes a new revision, an unchanged one nothing)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (customer_id, entry_id) customer_id, entry_id, revision, points, counts_from, "
+        "expires_at FROM ledger WHERE tenant = $1 AND program_version = $2 AND customer_id = ANY($3::text[]) "
+        "ORDER BY customer_id, entry_id, revision DESC",
+        tenant, version, list(customers),
+    )
+    out: dict[str, dict[str, EntryKey]] = {}
+    for customer_id, entry_id, revision, points, counts_from, expires_at in rows:
+        out.setdefault(customer_id, {})[entry_id] = (revision, points, micros(counts_from), micros(expires_at))
+    return out
+
+
+_FACT_COLUMNS = typed_columns("customer_id text, event_id text, occurred_at timestamptz, body text")
+
+
+async def insert_facts(conn: asyncpg.Connection, tenant: str, rows: Sequence[tuple[str, Fact]]) -> None:
+    """Append (customer_id, fact) rows; a fact already stored (same event id) is left as it is."""
+    await insert_rows(
+        conn, "facts", _FACT_COLUMNS,
+        [(c, f.event_id, f.occurred_at, _DOC_ENCODER.encode(fact_to_json(f))) for c, f in rows],
+        constants={"tenant": ("text", tenant)}, on_conflict="DO NOTHING",
+    )
+
+
+async def load_facts(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> dict[str, list[Fact]]:
+    """Every stored fact of these customers (the full re-derivation, the status API, recalculation)."""
+    rows = await conn.fetch(
+        "SELECT customer_id, body FROM facts WHERE tenant = $1 AND customer_id = ANY($2::text[]) "
+        "ORDER BY customer_id, occurred_at, event_id",
+        tenant, list(customers),
+    )
+    out: dict[str, list[Fact]] = {}
+    for customer_id, body in rows:
+        out.setdefault(customer_id, []).append(fact_from_json(json.loads(body)))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,17 +345,18 @@ class HistoryRow:
     program_version: int
 
 
+_HISTORY_COLUMNS = typed_columns(
+    "customer_id text, from_tier text, to_tier text, direction text, reason text, effective_at timestamptz, "
+    "points int, program_version int"
+)
+
+
 async def insert_history(conn: asyncpg.Connection, tenant: str, rows: Sequence[HistoryRow]) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO tier_history (tenant, customer_id, from_tier, to_tier, direction, reason, effective_at, "
-        "points, program_version) SELECT $1, u.* FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], "
-        "$6::text[], $7::timestamptz[], $8::int[], $9::int[]) AS u",
-        tenant,
-        [r.customer_id for r in rows], [r.from_tier for r in rows], [r.to_tier for r in rows],
-        [r.direction for r in rows], [r.reason for r in rows], [r.effective_at for r in rows],
-        [r.points for r in rows], [r.program_version for r in rows],
+    await insert_rows(
+        conn, "tier_history", _HISTORY_COLUMNS,
+        [(r.customer_id, r.from_tier, r.to_tier, r.direction, r.reason, r.effective_at, r.points,
+          r.program_version) for r in rows],
+        constants={"tenant": ("text", tenant)},
     )
 
 

@@ -1,0 +1,182 @@
+"""The in-order fast path (``domain.advance``) is the full re-derivation (``domain.process``), only cheaper.
+
+Property: on random streams of one customer's events, batch after batch (with check-timer evaluations in
+between), whenever ``advance`` accepts a batch it gives exactly what re-deriving every fact gives: the new
+entries, the tier state (including the balance changes still ahead), the effects, the snapshot and the
+derivation that later facts depend on, with the state and derivation stored and read back as the service
+stores them. When it declines (a refund, a revocation, an event not later than the known ones, a fact that
+completes an early correction), the stream continues from the full re-derivation, as the handler does.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from loyalty_tiers import store
+from loyalty_tiers.domain import (
+    Community,
+    Derivation,
+    Fact,
+    Outcome,
+    Snapshot,
+    TierState,
+    advance,
+    process,
+)
+from loyalty_tiers.program import TiersProgram
+from tiers_factories import BASE_PROGRAM, at, grant, program, purchase, refund, review, revoke, survey
+
+CATEGORIES = ["tools", "power_tools", "delivery_fee", "garden"]
+GAPS_DAYS = [0, 0, 0.0001, 0.3, 1, 2, 4, 8, 12, 20, 35, 60, 120, 380]
+
+
+@st.composite
+def fast_programs(draw: st.DrawFn) -> TiersProgram:
+    caps = draw(st.sampled_from([{}, {"review": {"per_day": 60}, "purchase": {"per_day": 150, "per_month": 400},
+                                      "community": {"per_month": 30}}]))
+    purchase_rule = {"points_per_currency_unit": draw(st.sampled_from([1, 0.7, 2.5])),
+                     "category_multipliers": {"power_tools": 1.5, "garden": 0.3}}
+    earning = {**BASE_PROGRAM["earning"], "caps": caps, "purchase": purchase_rule}
+    overrides = draw(st.sampled_from([
+        [],
+        [{"customer_id": "c1", "mode": "floor", "tier": "expert", "reason": "founding member",
+          "starts_at": at(30).isoformat(), "expires_at": at(200).isoformat()}],
+        [{"customer_id": "c1", "mode": "fixed", "tier": "maker", "reason": "staff",
+          "starts_at": at(10).isoformat(), "expires_at": at(90).isoformat()}],
+    ]))
+    return program(
+        earning=earning,
+        overrides=overrides,
+        window=draw(st.sampled_from([{"kind": "rolling_days", "days": 20}, {"kind": "rolling_days", "days": 90},
+                                     {"kind": "calendar_year"},
+                                     {"kind": "membership_anniversary"}])),
+        downgrade={"policy": draw(st.sampled_from(["none", "one_step", "to_supported"])),
+                   "grace_days": draw(st.sampled_from([0, 10, 30])), "notice_days": draw(st.sampled_from([0, 7]))},
+        milestones=draw(st.sampled_from([[], [0.5, 0.8]])),
+    )
+
+
+Step = list[Fact] | datetime  # a batch of new facts, or a check timer firing at that time
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[Step]:
+    """Mostly in-order earning events (repeated orders, products, requests, rewards included), now and then
+    a correction, an evaluation at a later time, or an event older than what came before."""
+    steps: list[Step] = []
+    clock = at(draw(st.sampled_from([0, 5])))
+    n = 0
+    for _ in range(draw(st.integers(1, 18))):
+        clock += timedelta(days=draw(st.sampled_from(GAPS_DAYS)))
+        if draw(st.integers(0, 4)) == 0:
+            steps.append(clock)
+            continue
+        batch: list[Fact] = []
+        for _ in range(draw(st.integers(1, 3))):
+            n += 1
+            when = clock + timedelta(hours=draw(st.sampled_from([0, 0, 1, 30])))
+            if draw(st.integers(0, 11)) == 0:
+                when = at(draw(st.sampled_from([0, 3, 50])))  # late: older than what came before
+            kind = draw(st.integers(0, 19))
+            if kind <= 8:
+                lines = [(f"l{i}", draw(st.sampled_from(CATEGORIES)), draw(st.integers(1, 3)),
+                          draw(st.integers(0, 9000))) for i in range(draw(st.integers(1, 3)))]
+                order = f"o{draw(st.integers(0, n + 2))}"
+                batch.append(purchase(f"e{n}", when, order, *lines))
+            elif kind <= 10:
+                batch.append(review(f"e{n}", when, sku=draw(st.sampled_from(["drill", "saw", "glue"])),
+                                    text_length=draw(st.sampled_from([50, 150, 300])), photo=draw(st.booleans())))
+            elif kind <= 12:
+                batch.append(grant(f"e{n}", when, f"rw{draw(st.integers(0, 3))}",
+                                   role=draw(st.sampled_from(["referrer", "referee"]))))
+            elif kind <= 14:
+                batch.append(survey(f"e{n}", when, request_id=f"rq{draw(st.integers(0, 3))}"))
+            elif kind <= 16:
+                batch.append(Community(f"e{n}", when, f"act{draw(st.integers(0, 5))}",
+                                       draw(st.sampled_from(["forum_answer", "workshop_attended", "dance"]))))
+            elif kind == 17:
+                batch.append(refund(f"e{n}", when, f"o{draw(st.integers(0, n + 2))}", full=True))
+            elif kind == 18:
+                batch.append(refund(f"e{n}", when, f"o{draw(st.integers(0, n + 2))}", ("l0", 1)))
+            else:
+                batch.append(revoke(f"e{n}", when, f"rw{draw(st.integers(0, 3))}"))
+        steps.append(batch)
+    return steps
+
+
+def _stored(p: TiersProgram, outcome: Outcome) -> store.CustomerRow:
+    """The status row as ``load_customers`` reads it back after the handler wrote it."""
+    row = store.CustomerRow.of("c1", p, outcome.state, outcome.snapshot, outcome.derivation)
+    return store._customer((
+        row.customer_id, row.program_version, row.tier, row.since, row.reason, row.points, row.as_of,
+        row.pending_to, row.pending_effective_at, row.pending_notice_at, list(row.milestones), row.notice_for,
+        row.next_check_at, row.doc_json(),
+    ))
+
+
+def _sort_key(fact: Fact) -> tuple[datetime, str]:
+    return (fact.occurred_at, fact.event_id)
+
+
+@settings(max_examples=400, deadline=None)
+@given(fast_programs(), streams())
+def test_fast_path_agrees_with_the_full_rederivation(p: TiersProgram, steps: list[Step]) -> None:
+    facts: list[Fact] = []
+    row: store.CustomerRow | None = None
+    for step in steps:
+        new = [] if isinstance(step, datetime) else step
+        times = [f.occurred_at for f in new] + ([step] if isinstance(step, datetime) else [])
+        if row is not None:
+            times.append(row.as_of)
+        if not times:
+            continue
+        as_of = max(times)
+        snapshot = row.snapshot() if row is not None else None
+        full = process(p, "c1", [*facts, *new], snapshot, as_of)
+        outcome = full
+        if row is not None:
+            state = row.state(p)
+            assert state is not None and row.derivation is not None
+            fast = advance(p, "c1", row.derivation, state, new, snapshot, as_of)
+            if fast is not None:
+                by_id = {e.entry_id: e for e in full.entries}
+                assert fast.entries == [by_id[f.event_id] for f in sorted(new, key=_sort_key)]
+                assert fast.state == full.state
+                assert fast.effects == full.effects
+                assert fast.snapshot == full.snapshot
+                assert fast.derivation == full.derivation
+                outcome = fast
+        facts.extend(new)
+        row = _stored(p, outcome)
+        assert row.derivation == full.derivation  # survives storage
+
+
+def _state_after(p: TiersProgram, facts: list[Fact], as_of: datetime) -> tuple[Derivation, TierState, Snapshot]:
+    out = process(p, "c1", facts, None, as_of)
+    assert out.derivation is not None
+    return out.derivation, out.state, out.snapshot
+
+
+def test_fast_path_takes_in_order_earning_events_and_declines_the_rest() -> None:
+    p = program()
+    known: list[Fact] = [purchase("e1", at(0), "o1"), refund("e2", at(1), "o-early", full=True),
+                         revoke("e3", at(1), "rw-early")]
+    derivation, state, snapshot = _state_after(p, known, at(2))
+
+    def attempt(*new: Fact, as_of: datetime | None = None) -> Any:
+        fresh = Derivation(**{k: getattr(derivation, k) for k in Derivation.__slots__})  # type: ignore[attr-defined]
+        fresh = store.derivation_from_json(json.loads(json.dumps(store.derivation_to_json(fresh))))
+        return advance(p, "c1", fresh, state, list(new), snapshot, as_of or max(f.occurred_at for f in new))
+
+    taken = attempt(purchase("e4", at(3), "o2"), review("e5", at(3)), survey("e6", at(4)))
+    assert taken is not None and [e.entry_id for e in taken.entries] == ["e4", "e5", "e6"]
+    assert attempt(as_of=at(40)) is not None  # a check timer: nothing new, the walk just continues
+    assert attempt(purchase("e4", at(2), "o2")) is None  # not later than what is known
+    assert attempt(refund("e4", at(3), "o1", full=True)) is None  # corrections re-derive
+    assert attempt(revoke("e4", at(3), "rw1")) is None
+    assert attempt(purchase("e4", at(3), "o-early")) is None  # completes the early refund
+    assert attempt(grant("e4", at(3), "rw-early")) is None  # completes the early revocation
