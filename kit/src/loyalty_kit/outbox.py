@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import marshal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -91,17 +91,34 @@ class OutboxRelay:
         poll_interval_s: float = 1.0,
         batch_rows: int = 5000,
         metrics: KitMetrics | None = None,
+        on_published: Callable[[int], None] | None = None,
+        on_leadership: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_published(n)`` after each committed slice and ``on_leadership(bool)`` when leadership changes:
+        how a relay in a process of its own (``loyalty_kit.relay_process``) reports to its service."""
         self.pool = pool
         self.schema = schema
         self.producer = producer
         self.poll_interval_s = poll_interval_s
         self.batch_rows = batch_rows
         self.metrics = metrics
-        self.is_leader = False
+        self._on_published = on_published
+        self._on_leadership = on_leadership
+        self._leader = False
         self.published_total = 0
         self._wake = asyncio.Event()
         self._stopping = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader
+
+    @is_leader.setter
+    def is_leader(self, value: bool) -> None:
+        if value != self._leader:
+            self._leader = value
+            if self._on_leadership is not None:
+                self._on_leadership(value)
 
     def wake(self) -> None:
         self._wake.set()
@@ -199,8 +216,13 @@ class OutboxRelay:
         published = 0
         while True:
             async with conn.transaction():
+                # ``= ANY(ARRAY(subquery))``, not ``IN (subquery)``: once the table is analysed with a backlog,
+                # the planner turns IN into a hash semi-join over a sequential scan of the whole outbox (dead
+                # rows included until vacuum), so every slice cost O(backlog) and a relay that fell behind
+                # fell further behind (the "relay stalls" in docs/KIT.md). This form is always 5000 probes of
+                # the primary key.
                 rows = await conn.fetch(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1) "
+                    "DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM outbox ORDER BY id LIMIT $1)) "
                     "RETURNING id, topic, key, header_blob, header_names, header_values, headers, value",
                     self.batch_rows,
                 )
@@ -210,6 +232,8 @@ class OutboxRelay:
             self.published_total += len(rows)
             if self.metrics:
                 self.metrics.outbox_published.inc(len(rows))
+            if self._on_published is not None and rows:
+                self._on_published(len(rows))
             if len(rows) < self.batch_rows:
                 if self.metrics:
                     self.metrics.outbox_backlog.set(0)
