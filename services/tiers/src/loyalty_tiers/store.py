@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,6 +10,7 @@ from typing import Any
 
 import asyncpg
 from loyalty_kit.bulk import insert_rows, typed_columns
+from pydantic_core import from_json, to_json
 
 from loyalty_tiers.domain import (
     Derivation,
@@ -30,7 +30,7 @@ class ProgramVersionConflict(Exception):
     """A program version's content changed after it was registered: the retailer must bump the version."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built twice per event, see the note in domain.py
 class CustomerRow:
     customer_id: str
     program_version: int
@@ -101,7 +101,7 @@ class CustomerRow:
     def doc_json(self) -> str:
         if self.derivation is None:
             return "{}"
-        return _DOC_ENCODER.encode({
+        return _json({
             "v": self.program_version,
             "d": derivation_to_json(self.derivation),
             "f": [[micros(t), d] for t, d in self.future],
@@ -109,8 +109,10 @@ class CustomerRow:
         })
 
 
-# One encoder for every document: ``json.dumps(..., separators=...)`` builds a new encoder per call.
-_DOC_ENCODER = json.JSONEncoder(separators=(",", ":"))
+def _json(value: Any) -> str:
+    """Compact JSON text. pydantic_core's encoder: ~5x ``json`` for these small documents (which builds an
+    encoder per call); same compact text, except that non-ASCII is written as UTF-8 rather than escaped."""
+    return to_json(value).decode()
 
 # (revision, points, counts_from, expires_at): the parts of an entry whose change makes a new revision;
 # times in epoch microseconds (exact, offset-independent).
@@ -183,7 +185,7 @@ def _customer(row: asyncpg.Record) -> CustomerRow:
     # Unpacked by position (the SELECT lists _CUSTOMER_COLUMNS, then doc): no per-row dict of the record.
     (customer_id, program_version, tier, since, reason, points, as_of, pending_to, pending_effective_at,
      pending_notice_at, milestones, notice_for, next_check_at, doc_text) = row
-    doc = json.loads(doc_text)
+    doc = from_json(doc_text)
     stored = doc.get("d")
     derivation = None
     future: tuple[tuple[datetime, int], ...] = ()
@@ -315,7 +317,7 @@ async def insert_facts(conn: asyncpg.Connection, tenant: str, rows: Sequence[tup
     """Append (customer_id, fact) rows; a fact already stored (same event id) is left as it is."""
     await insert_rows(
         conn, "facts", _FACT_COLUMNS,
-        [(c, f.event_id, f.occurred_at, _DOC_ENCODER.encode(fact_to_json(f))) for c, f in rows],
+        [(c, f.event_id, f.occurred_at, _json(fact_to_json(f))) for c, f in rows],
         constants={"tenant": ("text", tenant)}, on_conflict="DO NOTHING",
     )
 
@@ -329,7 +331,7 @@ async def load_facts(conn: asyncpg.Connection, tenant: str, customers: Sequence[
     )
     out: dict[str, list[Fact]] = {}
     for customer_id, body in rows:
-        out.setdefault(customer_id, []).append(fact_from_json(json.loads(body)))
+        out.setdefault(customer_id, []).append(fact_from_json(from_json(body)))
     return out
 
 
