@@ -172,7 +172,7 @@ def bench_app(settings: ServiceSettings, migrations_dir: Any) -> ServiceApp:
 
 
 async def run_kit_pipeline(
-    bootstrap: str, dsn: str, n: int, *, batch: int, input_topic: str, workdir: Any
+    bootstrap: str, dsn: str, n: int, *, batch: int, input_topic: str, workdir: Any, relay: str = "process"
 ) -> PipelineResult:
     run = uuid.uuid4().hex[:8]
     migrations_dir = workdir / f"kit-bench-{run}"
@@ -182,6 +182,7 @@ async def run_kit_pipeline(
     settings = ServiceSettings(
         service=f"kb_{run}", kafka_bootstrap=bootstrap, pg_dsn=dsn, consumer_group=f"bench-kit-{run}",
         topic_prefix=prefix, batch_max_records=batch, batch_timeout_ms=50, outbox_poll_interval_s=0.5,
+        outbox_relay=relay,
     )
     await ensure_topics(bootstrap, [prefix + topic_for(MILESTONE)])
     app = bench_app(settings, migrations_dir)

@@ -45,6 +45,7 @@ from loyalty_kit.kafka import faststream_security
 from loyalty_kit.logs import configure_logging
 from loyalty_kit.metrics import KitMetrics
 from loyalty_kit.outbox import OutboxRelay, make_producer
+from loyalty_kit.relay_process import RelayProcess
 from loyalty_kit.runtime import tune_gc
 from loyalty_kit.settings import ServiceSettings
 from loyalty_kit.telemetry import make_tracer_provider
@@ -86,7 +87,7 @@ class ServiceApp:
         self.pool: asyncpg.Pool | None = None
         self.producer: AIOKafkaProducer | None = None
         self.broker: KafkaBroker | None = None
-        self.relay: OutboxRelay | None = None
+        self.relay: OutboxRelay | RelayProcess | None = None
         self.timers: TimerLoop | None = None
         self.processor: BatchProcessor | None = None
         self.dsn: str | None = None
@@ -188,9 +189,12 @@ class ServiceApp:
         self.producer = make_producer(s.kafka_bootstrap, **kafka_options)
         await self.producer.start()
 
-        self.relay = OutboxRelay(
-            self.pool, self.name, self.producer, poll_interval_s=s.outbox_poll_interval_s, metrics=self.metrics
-        )
+        if s.outbox_relay == "process":
+            self.relay = RelayProcess(s, self.dsn, metrics=self.metrics)
+        else:
+            self.relay = OutboxRelay(
+                self.pool, self.name, self.producer, poll_interval_s=s.outbox_poll_interval_s, metrics=self.metrics
+            )
         self.timers = TimerLoop(
             service=self.name, pool=self.pool, handlers=self._timer_handlers, tracer=self.tracer,
             metrics=self.metrics, clock=s.timer_clock, poll_interval_s=s.timer_poll_interval_s,

@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     timer_clock: Literal["wall", "event"] = "wall"
     timer_poll_interval_s: float = 1.0
     outbox_poll_interval_s: float = 1.0
+    # "process": the outbox relay runs in a child process the service supervises (another core for
+    # publishing; see loyalty_kit.relay_process); "inline": a task in the service's own event loop.
+    outbox_relay: Literal["process", "inline"] = "process"
     log_level: str = "INFO"
     # Consumer group defaults to loyalty-<service> (group_for); tests and benchmarks override it to stay isolated.
     consumer_group: str | None = None
