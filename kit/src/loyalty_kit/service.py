@@ -93,6 +93,8 @@ class ServiceApp:
         self.dsn: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stage: asyncio.Queue[tuple[Any, PreparedBatch]] = asyncio.Queue(maxsize=1)
+        self._pending_offsets: dict[Any, dict[TopicPartition, int]] = {}
+        self._commit_wanted = asyncio.Event()
         self._started = False
         self._fastapi: FastAPI | None = None
 
@@ -217,6 +219,7 @@ class ServiceApp:
             asyncio.create_task(self.timers.run(), name=f"{self.name}-timers"),
             asyncio.create_task(self._housekeeping(), name=f"{self.name}-housekeeping"),
             asyncio.create_task(self._db_stage(), name=f"{self.name}-batch-db-stage"),
+            asyncio.create_task(self._offset_committer(), name=f"{self.name}-offset-committer"),
         ]
         if self._batch_handlers:
             self.broker = self._make_broker()
@@ -285,7 +288,7 @@ class ServiceApp:
                     log.exception("batch processing failed; retrying", extra={"batch_size": len(batch.records)})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
-            await self._commit_offsets(consumer, batch.records)
+            self._queue_offset_commit(consumer, batch.records)
             self._record_lag(consumer, batch.records)
 
     @staticmethod
@@ -294,9 +297,32 @@ class ServiceApp:
         # lists), so the last one seen per partition is the highest.
         return {(rec.topic, rec.partition): rec.offset for rec in records}
 
-    async def _commit_offsets(self, consumer: Any, records: Sequence[Any]) -> None:
-        """Commit exactly the batch's offsets (not the consumer's position, which may be a batch ahead)."""
-        offsets = {TopicPartition(t, p): o + 1 for (t, p), o in self._last_offsets(records).items()}
+    def _queue_offset_commit(self, consumer: Any, records: Sequence[Any]) -> None:
+        """Hand a committed batch's offsets to the committer task and go on with the next batch.
+
+        Awaiting the commit here left the DB stage idle for a Kafka round trip per batch (~10 ms of
+        ~60 ms per 1000 events under load). The committer coalesces: it always commits the newest offsets
+        it was given, one commit at a time, so committed offsets only move forward, and only ever past
+        batches whose transaction has committed.
+        """
+        pending = self._pending_offsets.setdefault(consumer, {})
+        for (topic, partition), offset in self._last_offsets(records).items():
+            pending[TopicPartition(topic, partition)] = offset + 1
+        self._commit_wanted.set()
+
+    async def _offset_committer(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            await self._commit_pending()
+
+    async def _commit_pending(self) -> None:
+        self._commit_wanted.clear()
+        pending, self._pending_offsets = self._pending_offsets, {}
+        for consumer, offsets in pending.items():
+            await self._commit_offsets(consumer, offsets)
+
+    async def _commit_offsets(self, consumer: Any, offsets: dict[TopicPartition, int]) -> None:
+        """Commit exactly these offsets (not the consumer's position, which may be a batch ahead)."""
         try:
             await consumer.commit(offsets)
         except Exception as exc:
@@ -333,6 +359,12 @@ class ServiceApp:
         if not self._started:
             return
         self._started = False
+        if self._pending_offsets:
+            # Batches whose transaction committed: tell Kafka before the consumer closes (else they are
+            # re-read after a restart and absorbed by the inbox; correct, but avoidable).
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._commit_pending()
         if self.broker is not None:
             await self.broker.stop()
             self.broker = None
