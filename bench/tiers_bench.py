@@ -112,7 +112,7 @@ async def prepare_input(bootstrap: str, topic: str, n: int, customers: int) -> N
 
 
 async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: Any) -> None:
-    """COPY `customers` customers with one earlier purchase each (fact, ledger entry, status row + document)."""
+    """COPY `customers` customers with one earlier purchase each (ledger entry with its fact, status row + document)."""
     templates = []
     for share, points in SEED_MIX:
         fact = domain.Purchase("seed", SEED_TIME, "seed-order", "EUR",
@@ -122,26 +122,22 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
     chunk = 20_000  # small chunks keep the bench process RSS (which is measured) low
     async with pool.acquire() as conn:
         for start in range(0, customers, chunk):
-            facts, ledger, rows = [], [], []
+            ledger, rows = [], []
             for i in range(start, min(customers, start + chunk)):
                 cid = customer_id(i)
                 fact, outcome = seed_customer(i, *templates[i % len(templates)])
                 e = outcome.entries[0]
-                facts.append((TENANT, cid, fact.event_id, fact.occurred_at,
-                              json.dumps(domain.fact_to_json(fact), separators=(",", ":"))))
                 ledger.append((TENANT, cid, program.version, fact.event_id, 1, e.activity, e.points, e.counts_from,
-                               e.expires_at, e.rule, fact.order_id))
+                               e.expires_at, e.rule, fact.order_id,
+                               json.dumps(domain.fact_to_json(fact), separators=(",", ":"))))
                 r = store.CustomerRow.of(cid, program, outcome.state, outcome.snapshot, outcome.derivation)
                 rows.append((TENANT, cid, r.program_version, r.tier, r.since, r.reason, r.points, r.as_of,
                              None, None, None, list(r.milestones), None, None, r.doc_json()))
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "facts", schema_name="tiers", records=facts,
-                    columns=["tenant", "customer_id", "event_id", "occurred_at", "body"])
-                await conn.copy_records_to_table(
                     "ledger", schema_name="tiers", records=ledger,
                     columns=["tenant", "customer_id", "program_version", "entry_id", "revision", "activity",
-                             "points", "counts_from", "expires_at", "rule", "ref"])
+                             "points", "counts_from", "expires_at", "rule", "ref", "fact"])
                 await conn.copy_records_to_table(
                     "customers", schema_name="tiers", records=rows,
                     columns=["tenant", "customer_id", "program_version", "tier", "since", "reason", "points",
@@ -149,7 +145,6 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
                              "notice_for", "next_check_at", "doc"])
         # A steady-state table, not a freshly loaded one: set hint bits and the visibility map now, so the
         # timed run does not pay the one-off cost of first touching a million just-copied rows.
-        await conn.execute("VACUUM (ANALYZE) tiers.facts")
         await conn.execute("VACUUM (ANALYZE) tiers.ledger")
         await conn.execute("VACUUM (ANALYZE) tiers.customers")
         # Flush the seed's WAL now rather than in a checkpoint during the timed run (needs a superuser DSN).

@@ -192,9 +192,9 @@ class _Batch:
         self.tenant = tenant
         self.rules = rules
         self.counts = counts
-        self.ledger_rows: list[tuple[str, int, domain.Entry]] = []
-        self.fact_rows: list[tuple[str, domain.Fact]] = []
-        self.customer_rows: list[store.CustomerRow] = []
+        self.ledger_rows: list[store.LedgerRow] = []
+        self.new_customers: list[store.CustomerRow] = []
+        self.known_customers: list[store.CustomerRow] = []
         self.history_rows: list[store.HistoryRow] = []
         self.timers_to_cancel: list[str] = []
         self.timers_to_schedule: list[tuple[str, str, datetime, dict[str, str], str]] = []
@@ -212,23 +212,29 @@ class _Batch:
         """``prior_keys``: the current revisions of the customer's entries (full re-derivation), or None when
         every entry of ``outcome`` is new (the fast path, a first event)."""
         program = self.rules.program
-        for fact in new_facts:
-            self.fact_rows.append((customer_id, fact))
+        ledger_rows = self.ledger_rows
         # Append-only ledger: new entries get revision 1, changed ones (a late purchase completing an early
-        # refund, a late event under a cap) a new revision; unchanged ones nothing.
-        if prior_keys is None:
-            for entry in outcome.entries:
-                self.ledger_rows.append((customer_id, 1, entry))
+        # refund, a late event under a cap) a new revision; unchanged ones nothing. The row of a new fact's
+        # entry also stores the fact (what a later full re-derivation reads).
+        if prior_keys is None:  # every entry is a new fact's, in the same order
+            if len(new_facts) == 1:
+                ledger_rows.append((customer_id, 1, outcome.entries[0], new_facts[0]))
+            else:
+                by_id = {f.event_id: f for f in new_facts}
+                for entry in outcome.entries:
+                    ledger_rows.append((customer_id, 1, entry, by_id.get(entry.entry_id)))
         else:
+            fresh = {f.event_id: f for f in new_facts}
             for entry in outcome.entries:
                 prior = prior_keys.get(entry.entry_id)
+                fact = fresh.get(entry.entry_id)
                 if prior is None:
-                    self.ledger_rows.append((customer_id, 1, entry))
-                elif prior[1:] != store.entry_key(0, entry)[1:]:
-                    self.ledger_rows.append((customer_id, prior[0] + 1, entry))
+                    ledger_rows.append((customer_id, 1, entry, fact))
+                elif fact is not None or prior[1:] != store.entry_key(0, entry)[1:]:
+                    ledger_rows.append((customer_id, prior[0] + 1, entry, fact))
 
         row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, outcome.derivation)
-        self.customer_rows.append(row)
+        (self.new_customers if before is None else self.known_customers).append(row)
         counts = self.counts
         ctx = self.ctx
         for effect in outcome.effects:
@@ -260,9 +266,9 @@ class _Batch:
 
     async def write(self) -> None:
         conn = self.ctx.conn
-        await store.insert_facts(conn, self.tenant, self.fact_rows)
         await store.append_ledger(conn, self.tenant, self.rules.program.version, self.ledger_rows)
-        await store.upsert_customers(conn, self.tenant, self.customer_rows)
+        await store.update_customers(conn, self.tenant, self.known_customers)
+        await store.upsert_customers(conn, self.tenant, self.new_customers)
         await store.insert_history(conn, self.tenant, self.history_rows)
         await self.ctx.cancel_many(CHECK_TIMER, self.timers_to_cancel)
         await self.ctx.schedule_many(self.timers_to_schedule)

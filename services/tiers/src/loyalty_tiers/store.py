@@ -215,7 +215,7 @@ async def lock_customers(conn: asyncpg.Connection, tenant: str, customers: Seque
 
 async def load_customers(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> dict[str, CustomerRow]:
     rows = await conn.fetch(
-        f"SELECT {_CUSTOMER_COLUMNS}, doc::text AS doc FROM customers "
+        f"SELECT {_CUSTOMER_COLUMNS}, doc FROM customers "
         "WHERE tenant = $1 AND customer_id = ANY($2::text[])",
         tenant, list(customers),
     )
@@ -227,17 +227,32 @@ async def load_customer(conn: asyncpg.Connection, tenant: str, customer_id: str)
     return (await load_customers(conn, tenant, [customer_id])).get(customer_id)
 
 
+def _customer_arrays(rows: Sequence[CustomerRow]) -> list[list[Any]]:
+    return [
+        [r.customer_id for r in rows], [r.program_version for r in rows], [r.tier for r in rows],
+        [r.since for r in rows], [r.reason for r in rows], [r.points for r in rows], [r.as_of for r in rows],
+        [r.pending_to for r in rows], [r.pending_effective_at for r in rows], [r.pending_notice_at for r in rows],
+        # unnest flattens arrays of arrays, so milestones travel as a '{...}' literal per row.
+        ["{" + ",".join(r.milestones) + "}" for r in rows],
+        [r.notice_for for r in rows], [r.next_check_at for r in rows], [r.doc_json() for r in rows],
+    ]
+
+
+_UNNEST_CUSTOMERS = """unnest(
+    $2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::text[], $7::int[], $8::timestamptz[],
+    $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], $14::timestamptz[],
+    $15::text[]
+) AS u(c, v, t, s, r, p, a, pt, pe, pn, m, nf, nc, d)"""
+
+
 async def upsert_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence[CustomerRow]) -> None:
+    """Insert status rows (a row that exists after all is updated)."""
     if not rows:
         return
     await conn.execute(
         f"""
         INSERT INTO customers (tenant, {_CUSTOMER_COLUMNS}, doc, updated_at)
-        SELECT $1, c, v, t, s, r, p, a, pt, pe, pn, m::text[], nf, nc, d::jsonb, now() FROM unnest(
-            $2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::text[], $7::int[], $8::timestamptz[],
-            $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], $14::timestamptz[],
-            $15::text[]
-        ) AS u(c, v, t, s, r, p, a, pt, pe, pn, m, nf, nc, d)
+        SELECT $1, c, v, t, s, r, p, a, pt, pe, pn, m::text[], nf, nc, d, now() FROM {_UNNEST_CUSTOMERS}
         ON CONFLICT (tenant, customer_id) DO UPDATE SET
             program_version = EXCLUDED.program_version, tier = EXCLUDED.tier, since = EXCLUDED.since,
             reason = EXCLUDED.reason, points = EXCLUDED.points, as_of = EXCLUDED.as_of,
@@ -246,13 +261,25 @@ async def upsert_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence
             notice_for = EXCLUDED.notice_for, next_check_at = EXCLUDED.next_check_at, doc = EXCLUDED.doc,
             updated_at = now()
         """,
-        tenant,
-        [r.customer_id for r in rows], [r.program_version for r in rows], [r.tier for r in rows],
-        [r.since for r in rows], [r.reason for r in rows], [r.points for r in rows], [r.as_of for r in rows],
-        [r.pending_to for r in rows], [r.pending_effective_at for r in rows], [r.pending_notice_at for r in rows],
-        # unnest flattens arrays of arrays, so milestones travel as a '{...}' literal per row.
-        ["{" + ",".join(r.milestones) + "}" for r in rows],
-        [r.notice_for for r in rows], [r.next_check_at for r in rows], [r.doc_json() for r in rows],
+        tenant, *_customer_arrays(rows),
+    )
+
+
+async def update_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence[CustomerRow]) -> None:
+    """Update status rows read in this transaction (under the customers' locks): a plain UPDATE, which costs
+    the server less than INSERT ... ON CONFLICT's speculative insertion into the primary key first."""
+    if not rows:
+        return
+    await conn.execute(
+        f"""
+        UPDATE customers SET
+            program_version = v, tier = t, since = s, reason = r, points = p, as_of = a, pending_to = pt,
+            pending_effective_at = pe, pending_notice_at = pn, milestones = m::text[], notice_for = nf,
+            next_check_at = nc, doc = d, updated_at = now()
+        FROM {_UNNEST_CUSTOMERS}
+        WHERE tenant = $1 AND customer_id = u.c
+        """,
+        tenant, *_customer_arrays(rows),
     )
 
 
@@ -278,17 +305,18 @@ async def customer_ledger(
 
 _LEDGER_COLUMNS = typed_columns(
     "customer_id text, revision int, entry_id text, activity text, points int, counts_from timestamptz, "
-    "expires_at timestamptz, rule text, ref text"
+    "expires_at timestamptz, rule text, ref text, fact text"
 )
 
+LedgerRow = tuple[str, int, Entry, Fact | None]  # customer_id, revision, entry, the new fact it records
 
-async def append_ledger(
-    conn: asyncpg.Connection, tenant: str, version: int, rows: Sequence[tuple[str, int, Entry]]
-) -> None:
-    """Append (customer_id, revision, entry) rows."""
+
+async def append_ledger(conn: asyncpg.Connection, tenant: str, version: int, rows: Sequence[LedgerRow]) -> None:
+    """Append ledger rows; a row that first records a fact carries the fact's body (what ``load_facts`` reads)."""
     await insert_rows(
         conn, "ledger", _LEDGER_COLUMNS,
-        [(c, rev, e.entry_id, e.activity, e.points, e.counts_from, e.expires_at, e.rule, e.ref) for c, rev, e in rows],
+        [(c, rev, e.entry_id, e.activity, e.points, e.counts_from, e.expires_at, e.rule, e.ref,
+          _json(fact_to_json(f)) if f is not None else None) for c, rev, e, f in rows],
         constants={"tenant": ("text", tenant), "program_version": ("int", version)},
     )
 
@@ -310,29 +338,20 @@ async def load_entry_keys(
     return out
 
 
-_FACT_COLUMNS = typed_columns("customer_id text, event_id text, occurred_at timestamptz, body text")
-
-
-async def insert_facts(conn: asyncpg.Connection, tenant: str, rows: Sequence[tuple[str, Fact]]) -> None:
-    """Append (customer_id, fact) rows; a fact already stored (same event id) is left as it is."""
-    await insert_rows(
-        conn, "facts", _FACT_COLUMNS,
-        [(c, f.event_id, f.occurred_at, _json(fact_to_json(f))) for c, f in rows],
-        constants={"tenant": ("text", tenant)}, on_conflict="DO NOTHING",
-    )
-
-
 async def load_facts(conn: asyncpg.Connection, tenant: str, customers: Sequence[str]) -> dict[str, list[Fact]]:
-    """Every stored fact of these customers (the full re-derivation, the status API, recalculation)."""
+    """Every stored fact of these customers (the full re-derivation, the status API, recalculation): the
+    bodies on their ledger rows, and those the facts table kept from before migration 0005."""
     rows = await conn.fetch(
-        "SELECT customer_id, body FROM facts WHERE tenant = $1 AND customer_id = ANY($2::text[]) "
-        "ORDER BY customer_id, occurred_at, event_id",
+        "SELECT customer_id, fact FROM ledger WHERE tenant = $1 AND customer_id = ANY($2::text[]) "
+        "AND fact IS NOT NULL UNION ALL "
+        "SELECT customer_id, body FROM facts WHERE tenant = $1 AND customer_id = ANY($2::text[])",
         tenant, list(customers),
     )
-    out: dict[str, list[Fact]] = {}
+    out: dict[str, dict[str, Fact]] = {}
     for customer_id, body in rows:
-        out.setdefault(customer_id, []).append(fact_from_json(from_json(body)))
-    return out
+        fact = fact_from_json(from_json(body))
+        out.setdefault(customer_id, {}).setdefault(fact.event_id, fact)
+    return {c: list(facts.values()) for c, facts in out.items()}
 
 
 @dataclass(frozen=True, slots=True)
