@@ -191,6 +191,10 @@ async def test_events_in_tier_changed_out_redelivery_no_double_points_and_api(en
             assert bad_limit.status_code == 422
             openapi = (await http.get("/openapi.json")).json()
             assert "/tiers/v1/tenants/{tenant}/customers/{customer_id}/status" in openapi["paths"]
+            # The dashboards' tier-change series: one change into maker (redelivery counted nothing).
+            metrics = (await http.get("/metrics")).text
+            assert f'loyalty_tier_changes_total{{tenant="{TENANT}",to_tier="maker"}} 1.0' in metrics
+            assert 'to_tier="expert"' not in metrics
 
 
 async def _count(dsn: str, sql: str) -> int:
