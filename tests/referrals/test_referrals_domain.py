@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from loyalty_referrals.domain import (
     CODE_ALPHABET,
     ClaimSource,
@@ -26,6 +30,7 @@ from loyalty_referrals.domain import (
     referral_id_for,
     says_vs_does,
     share_link,
+    uuid5_text,
     validate_vanity_code,
 )
 from referrals_factories import (
@@ -164,6 +169,29 @@ def test_code_typed_before_its_owner_registered_is_claimed_when_issued() -> None
     effects = purchase(book, "bob", T0 + days(2))
     assert isinstance(effects[0], Converted) and effects[0].referrer_id == "alice"
     assert book.resolved_pending and not book.pending_codes["bob"]
+
+
+def test_many_pending_codes_each_resolve_to_their_own_owner_only() -> None:
+    """Codes typed before their owners registered (one index per book): each owner's registration claims
+    exactly the friends who typed its code, in any order, and leaves the others pending."""
+    book = new_book()
+    register(book, "fay", T0 + days(1), code=code_of("dan"))
+    register(book, "gil", T0 + days(1), code=code_of("eve"))
+    register(book, "hal", T0 + days(1), code=code_of("dan"))
+    register(book, "dan", T0)
+    assert {c for c, ps in book.pending_codes.items() if ps} == {"gil"}
+    assert sorted(p.referee_id for p in book.resolved_pending) == ["fay", "hal"]
+    register(book, "ivy", T0 + days(2), code=code_of("eve"))  # typed after the index exists
+    register(book, "eve", T0)
+    assert not any(book.pending_codes.values())
+    for friend, referrer in (("fay", "dan"), ("gil", "eve"), ("hal", "dan"), ("ivy", "eve")):
+        effects = purchase(book, friend, T0 + days(3))
+        assert isinstance(effects[0], Converted) and effects[0].referrer_id == referrer, friend
+
+
+@given(st.uuids(), st.text())
+def test_uuid5_text_is_the_standard_uuid5(namespace: uuid.UUID, name: str) -> None:
+    assert uuid5_text(namespace, name) == str(uuid.uuid5(namespace, name))
 
 
 def test_code_resolved_after_the_first_purchase_decides_then() -> None:

@@ -197,9 +197,18 @@ def validate_vanity_code(raw: str) -> str:
     return code
 
 
+def uuid5_text(namespace: uuid.UUID, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))` without building a UUID object (ids are derived per event)."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def referral_id_for(tenant: str, referee_id: str) -> str:
     """One referral per referee per tenant: the id is derived, so a redelivery cannot make a second one."""
-    return str(uuid.uuid5(REFERRAL_NAMESPACE, f"{tenant}\x00{referee_id}"))
+    return uuid5_text(REFERRAL_NAMESPACE, f"{tenant}\x00{referee_id}")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -468,6 +477,7 @@ class ReferralBook:
     # Lookup indexes by contact hash, built on first use (the loader fills the dicts above directly).
     _customers_by_hash: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
     _invitations_by_hash: dict[str, list[Invitation]] | None = field(default=None, init=False, repr=False)
+    _pending_by_code: dict[str, list[PendingCode]] | None = field(default=None, init=False, repr=False)
 
     # -- helpers
 
@@ -544,17 +554,12 @@ class ReferralBook:
         if customer.code is not None:
             return []
         customer.code = code
-        self.codes[normalize_code(code)] = customer_id
+        normalized = normalize_code(code)
+        self.codes[normalized] = customer_id
         self.dirty_customers.add(customer_id)
         effects: list[Effect] = [CodeIssued(customer_id, code, at)]
         # Friends who typed this code before it was issued (as consumed) now have their claim.
-        if not any(self.pending_codes.values()):
-            return effects
-        normalized = normalize_code(code)
-        waiting = sorted(
-            (p for ps in self.pending_codes.values() for p in ps if p.code == normalized),
-            key=lambda p: (p.referee_id, p.source),
-        )
+        waiting = sorted(self._pending_for_code().pop(normalized, ()), key=lambda p: (p.referee_id, p.source))
         for pending in waiting:
             self.pending_codes[pending.referee_id].remove(pending)
             self.resolved_pending.append(pending)
@@ -568,10 +573,27 @@ class ReferralBook:
             self._add_claim(Claim(referee_id, referrer, source, at))
             return
         pending = PendingCode(normalize_code(raw), referee_id, source, at)
-        waiting = self.pending_codes.setdefault(referee_id, [])
-        if pending not in waiting:
-            waiting.append(pending)
+        if self.add_pending(pending):
             self.new_pending.append(pending)
+
+    def add_pending(self, pending: PendingCode) -> bool:
+        """Remember a code typed before its owner is known (also used by the loader); False if already known."""
+        waiting = self.pending_codes.setdefault(pending.referee_id, [])
+        if pending in waiting:
+            return False
+        waiting.append(pending)
+        if self._pending_by_code is not None:
+            self._pending_by_code.setdefault(pending.code, []).append(pending)
+        return True
+
+    def _pending_for_code(self) -> dict[str, list[PendingCode]]:
+        # Built once per book: scanning every referee's pending list per issued code was quadratic per batch.
+        if self._pending_by_code is None:
+            self._pending_by_code = {}
+            for waiting in self.pending_codes.values():
+                for pending in waiting:
+                    self._pending_by_code.setdefault(pending.code, []).append(pending)
+        return self._pending_by_code
 
     def on_registered(self, reg: Registration, new_code: str | None = None) -> list[Effect]:
         customer = self.customer(reg.customer_id)

@@ -7,7 +7,6 @@ fixed number of multi-row statements per batch (see store.py).
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from loyalty_referrals.domain import (
     normalize_code,
     referral_id_for,
     share_link,
+    uuid5_text,
 )
 from loyalty_referrals.program import ReferralsProgram
 
@@ -124,7 +124,7 @@ def refund_of(data: PurchaseRefunded) -> Refund:
 
 
 def reward_id_for(referral_id: str, role: str) -> str:
-    return str(uuid.uuid5(REFERRAL_NAMESPACE, f"{referral_id}\x00{role}"))
+    return uuid5_text(REFERRAL_NAMESPACE, f"{referral_id}\x00{role}")
 
 
 def _reward_payload(spec: RewardSpec) -> dict[str, object]:

@@ -55,6 +55,12 @@ class BatchNeeds:
             self.earliest = at
 
 
+def _early_refunds(raw: str) -> dict[str, tuple[int, bool]]:
+    if raw == "{}":  # almost every customer: skip the JSON parser
+        return {}
+    return {k: (v[0], v[1]) for k, v in json.loads(raw).items()}
+
+
 def _customer(row: asyncpg.Record) -> Customer:
     return Customer(
         customer_id=row["customer_id"],
@@ -73,7 +79,7 @@ def _customer(row: asyncpg.Record) -> Customer:
             row["first_order_address"],
         ),
         code=row["code"],
-        early_refunds={k: (v[0], v[1]) for k, v in json.loads(row["early_refunds"]).items()},
+        early_refunds=_early_refunds(row["early_refunds"]),
     )
 
 
@@ -269,10 +275,7 @@ async def _load_pending(conn: asyncpg.Connection, book: ReferralBook, column: st
         book.tenant,
         list(values),
     ):
-        pending = PendingCode(row["code"], row["referee_id"], ClaimSource(row["source"]), row["claimed_at"])
-        waiting = book.pending_codes.setdefault(pending.referee_id, [])
-        if pending not in waiting:
-            waiting.append(pending)
+        book.add_pending(PendingCode(row["code"], row["referee_id"], ClaimSource(row["source"]), row["claimed_at"]))
 
 
 async def load_code_waiters(conn: asyncpg.Connection, book: ReferralBook, new_codes: dict[str, str]) -> None:
@@ -351,8 +354,29 @@ async def _insert_new(
     )
 
 
-def _ts(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def _customer_columns(customers: Sequence[Customer]) -> list[list[Any]]:
+    """The 13 column arrays of the customers upsert, in its unnest order."""
+    columns: list[list[Any]] = [[] for _ in range(13)]
+    for c in customers:
+        first = c.first_order
+        row = (
+            c.customer_id,
+            c.registered_at,
+            json.dumps(sorted(c.contact_hashes)),
+            c.email_domain,
+            json.dumps(sorted(c.payment_fingerprints)),
+            json.dumps(sorted(c.shipping_addresses)),
+            first.order_id if first else None,
+            first.at if first else None,
+            first.value_minor if first else None,
+            first.payment_fingerprint if first else None,
+            first.shipping_address if first else None,
+            c.code,
+            json.dumps({k: [a, f] for k, (a, f) in c.early_refunds.items()}) if c.early_refunds else "{}",
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
 
 
 async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
@@ -360,18 +384,22 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
     tenant = book.tenant
     customers = [book.customers[c] for c in sorted(book.dirty_customers)]
     if customers:
+        # Column arrays (encoded by asyncpg in C); the three hash sets travel as one JSON list each, since
+        # unnest cannot take an array of arrays.
         await conn.execute(
             """
             INSERT INTO customers AS c (tenant, customer_id, registered_at, contact_hashes, email_domain,
                 payment_fingerprints, shipping_addresses, first_order_id, first_order_at, first_order_value,
                 first_order_payment, first_order_address, code, early_refunds)
-            SELECT $1, x.customer_id, x.registered_at, x.contact_hashes, x.email_domain, x.payment_fingerprints,
-                x.shipping_addresses, x.first_order_id, x.first_order_at, x.first_order_value,
-                x.first_order_payment, x.first_order_address, x.code, x.early_refunds
-            FROM jsonb_to_recordset($2::jsonb) AS x(customer_id text, registered_at timestamptz,
-                contact_hashes text[], email_domain text, payment_fingerprints text[], shipping_addresses text[],
-                first_order_id text, first_order_at timestamptz, first_order_value bigint,
-                first_order_payment text, first_order_address text, code text, early_refunds jsonb)
+            SELECT $1, x.customer_id, x.registered_at, ARRAY(SELECT jsonb_array_elements_text(x.contact_hashes)),
+                x.email_domain, ARRAY(SELECT jsonb_array_elements_text(x.payment_fingerprints)),
+                ARRAY(SELECT jsonb_array_elements_text(x.shipping_addresses)), x.first_order_id, x.first_order_at,
+                x.first_order_value, x.first_order_payment, x.first_order_address, x.code, x.early_refunds
+            FROM unnest($2::text[], $3::timestamptz[], $4::jsonb[], $5::text[], $6::jsonb[], $7::jsonb[],
+                $8::text[], $9::timestamptz[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::jsonb[])
+                AS x(customer_id, registered_at, contact_hashes, email_domain, payment_fingerprints,
+                shipping_addresses, first_order_id, first_order_at, first_order_value, first_order_payment,
+                first_order_address, code, early_refunds)
             ON CONFLICT (tenant, customer_id) DO UPDATE SET
                 registered_at = EXCLUDED.registered_at, contact_hashes = EXCLUDED.contact_hashes,
                 email_domain = EXCLUDED.email_domain, payment_fingerprints = EXCLUDED.payment_fingerprints,
@@ -382,26 +410,7 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
                 early_refunds = EXCLUDED.early_refunds
             """,
             tenant,
-            json.dumps(
-                [
-                    {
-                        "customer_id": c.customer_id,
-                        "registered_at": _ts(c.registered_at),
-                        "contact_hashes": sorted(c.contact_hashes),
-                        "email_domain": c.email_domain,
-                        "payment_fingerprints": sorted(c.payment_fingerprints),
-                        "shipping_addresses": sorted(c.shipping_addresses),
-                        "first_order_id": c.first_order.order_id if c.first_order else None,
-                        "first_order_at": _ts(c.first_order.at) if c.first_order else None,
-                        "first_order_value": c.first_order.value_minor if c.first_order else None,
-                        "first_order_payment": c.first_order.payment_fingerprint if c.first_order else None,
-                        "first_order_address": c.first_order.shipping_address if c.first_order else None,
-                        "code": c.code,
-                        "early_refunds": {k: [a, f] for k, (a, f) in c.early_refunds.items()},
-                    }
-                    for c in customers
-                ]
-            ),
+            *_customer_columns(customers),
         )
         await _insert_new(
             conn,
@@ -465,49 +474,48 @@ async def save_book(conn: asyncpg.Connection, book: ReferralBook) -> None:
     await save_referrals(conn, tenant, [book.referrals[r] for r in sorted(book.dirty_referrals)])
 
 
+_REFERRAL_ROW = typed_columns(
+    "referee_id text, referral_id text, referrer_id text, source smallint, claimed_at timestamptz, order_id text, "
+    "order_value_minor bigint, converted_at timestamptz, status text, reason text, reason_detail text, "
+    "hold_until timestamptz, refunded_minor bigint, reviewed_by text, rewards jsonb"
+)
+_REFERRAL_UPSERT = (
+    "(tenant, referee_id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason, "
+    "reason_detail = EXCLUDED.reason_detail, hold_until = EXCLUDED.hold_until, "
+    "refunded_minor = EXCLUDED.refunded_minor, reviewed_by = EXCLUDED.reviewed_by, rewards = EXCLUDED.rewards"
+)
+
+
 async def save_referrals(conn: asyncpg.Connection, tenant: str, referrals: Sequence[Referral]) -> None:
+    # Column arrays (asyncpg encodes them in C), not one JSON document: no per-row isoformat or JSON round trip.
     if not referrals:
         return
-    await conn.execute(
-        """
-        INSERT INTO referrals (tenant, referee_id, referral_id, referrer_id, source, claimed_at, order_id,
-            order_value_minor, converted_at, status, reason, reason_detail, hold_until, refunded_minor,
-            reviewed_by, rewards)
-        SELECT $1, x.referee_id, x.referral_id, x.referrer_id, x.source, x.claimed_at, x.order_id,
-            x.order_value_minor, x.converted_at, x.status, x.reason, x.reason_detail, x.hold_until,
-            x.refunded_minor, x.reviewed_by, x.rewards
-        FROM jsonb_to_recordset($2::jsonb) AS x(referee_id text, referral_id text, referrer_id text,
-            source smallint, claimed_at timestamptz, order_id text, order_value_minor bigint,
-            converted_at timestamptz, status text, reason text, reason_detail text, hold_until timestamptz,
-            refunded_minor bigint, reviewed_by text, rewards jsonb)
-        ON CONFLICT (tenant, referee_id) DO UPDATE SET
-            status = EXCLUDED.status, reason = EXCLUDED.reason, reason_detail = EXCLUDED.reason_detail,
-            hold_until = EXCLUDED.hold_until, refunded_minor = EXCLUDED.refunded_minor,
-            reviewed_by = EXCLUDED.reviewed_by, rewards = EXCLUDED.rewards
-        """,
-        tenant,
-        json.dumps(
-            [
-                {
-                    "referee_id": r.referee_id,
-                    "referral_id": r.referral_id,
-                    "referrer_id": r.referrer_id,
-                    "source": int(r.source),
-                    "claimed_at": _ts(r.claimed_at),
-                    "order_id": r.order_id,
-                    "order_value_minor": r.order_value_minor,
-                    "converted_at": _ts(r.converted_at),
-                    "status": r.status.value,
-                    "reason": r.reason.value if r.reason else None,
-                    "reason_detail": r.reason_detail,
-                    "hold_until": _ts(r.hold_until),
-                    "refunded_minor": r.refunded_minor,
-                    "reviewed_by": r.reviewed_by,
-                    "rewards": json.loads(_rewards_json(r)),
-                }
-                for r in referrals
-            ]
-        ),
+    await insert_rows(
+        conn,
+        "referrals",
+        _REFERRAL_ROW,
+        [
+            (
+                r.referee_id,
+                r.referral_id,
+                r.referrer_id,
+                int(r.source),
+                r.claimed_at,
+                r.order_id,
+                r.order_value_minor,
+                r.converted_at,
+                r.status.value,
+                r.reason.value if r.reason else None,
+                r.reason_detail,
+                r.hold_until,
+                r.refunded_minor,
+                r.reviewed_by,
+                _rewards_json(r),
+            )
+            for r in referrals
+        ],
+        constants={"tenant": ("text", tenant)},
+        on_conflict=_REFERRAL_UPSERT,
     )
 
 
