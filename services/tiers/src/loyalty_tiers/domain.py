@@ -356,6 +356,8 @@ class _Compiled:
             self.suffixes[category] = f" x{multiplier} ({category})" if multiplier != 1 else ""
         self.prefix = f"{rule.points_per_currency_unit} pt per "
         self.positions = {tier.id: i for i, tier in enumerate(program.ladder)}
+        window = program.window
+        self.rolling = timedelta(days=window.days) if window.kind == "rolling_days" and window.days else None
         self.thresholds = [tier.threshold for tier in program.ladder]
         self.grace = timedelta(days=program.downgrade.grace_days)
         self.notice = timedelta(days=program.downgrade.notice_days)
@@ -398,15 +400,20 @@ class _Deriver:
         self.state = state
         self.full = full
         self.maths = _compiled(program)
+        self.rolling = self.maths.rolling
         self.expiry = _Expiry(program.window, zone, state.member_since)
-        self.caps = _CapBook(program, zone, state)
+        self.caps = _CapBook(program, zone, state) if program.earning.caps else None
         self.booked: dict[str, _BookedOrder] = {}
         self.granted: dict[str, Entry] = {}
         self.revoked: set[str] = set()
 
     def _entry(self, fact: Fact, activity: EntryActivity, points: int, rule: str, ref: str) -> Entry:
         at = fact.occurred_at
-        return Entry(fact.event_id, activity, points, at, self.expiry(at), rule, ref)
+        return Entry(fact.event_id, activity, points, at,
+                     at + self.rolling if self.rolling is not None else self.expiry(at), rule, ref)
+
+    def _take(self, activity: str, at: datetime, wanted: int) -> tuple[int, str]:
+        return (wanted, "") if self.caps is None else self.caps.take(activity, at, wanted)
 
     def add(self, fact: Fact) -> Entry:
         """An earning fact (anything but a refund or a revocation)."""
@@ -427,7 +434,7 @@ class _Deriver:
             if rule_r.require_photo and not fact.has_photo:
                 return self._entry(fact, "review", 0, "a photo is required", fact.sku)
             wanted = rule_r.points + (rule_r.photo_bonus if fact.has_photo else 0)
-            credited, cap_note = self.caps.take("review", fact.occurred_at, wanted)
+            credited, cap_note = self._take("review", fact.occurred_at, wanted)
             photo = f" + {rule_r.photo_bonus} photo bonus" if fact.has_photo and rule_r.photo_bonus else ""
             if credited > 0:
                 state.reviewed[fact.sku] = fact.event_id
@@ -441,7 +448,7 @@ class _Deriver:
             if fact.role not in rule_f.roles:
                 return self._entry(fact, "referral", 0, f"{fact.role} rewards earn no status points", fact.reward_id)
             wanted = rule_f.points if rule_f.points is not None else fact.points
-            credited, cap_note = self.caps.take("referral", fact.occurred_at, wanted)
+            credited, cap_note = self._take("referral", fact.occurred_at, wanted)
             booked = self._entry(fact, "referral", credited, f"friend who bought ({fact.role}) {wanted}{cap_note}",
                                  fact.reward_id)
             state.grants.add(fact.reward_id)
@@ -452,7 +459,7 @@ class _Deriver:
             assert isinstance(fact, SurveyAnswer)
             if fact.request_id in state.answered:
                 return self._entry(fact, "survey", 0, "survey request already rewarded", fact.request_id)
-            credited, cap_note = self.caps.take("survey", fact.occurred_at, rules.survey.points)
+            credited, cap_note = self._take("survey", fact.occurred_at, rules.survey.points)
             state.answered.add(fact.request_id)
             return self._entry(fact, "survey", credited, f"answered survey {rules.survey.points}{cap_note}",
                                fact.request_id)
@@ -464,7 +471,7 @@ class _Deriver:
                 return self._entry(fact, "community", 0, f"kind {fact.kind!r} earns no points in this program",
                                    fact.kind)
             wanted = rules.community.points_by_kind[fact.kind]
-            credited, cap_note = self.caps.take("community", fact.occurred_at, wanted)
+            credited, cap_note = self._take("community", fact.occurred_at, wanted)
             state.activities.add(fact.activity_id)
             return self._entry(fact, "community", credited, f"community {fact.kind} {wanted}{cap_note}", fact.kind)
         assert isinstance(fact, Carry)
@@ -490,7 +497,7 @@ class _Deriver:
             points = max(0, line.unit_price_minor * line.quantity * num // (den * scale))
             line_raw.append(points)
             notes.append(f"{line.line_id}: {points}{maths.suffixes.get(category, '')}")
-        credited, cap_note = self.caps.take("purchase", fact.occurred_at, sum(line_raw))
+        credited, cap_note = self._take("purchase", fact.occurred_at, sum(line_raw))
         booked = self._entry(
             fact, "purchase", credited, f"{maths.prefix}{fact.currency}: {', '.join(notes)}{cap_note}", fact.order_id
         )
@@ -630,10 +637,6 @@ def _deltas(entries: Iterable[Entry]) -> list[tuple[datetime, int]]:
     return deltas
 
 
-def _first(pair: tuple[datetime, int]) -> datetime:
-    return pair[0]
-
-
 def evaluate(
     program: TiersProgram,
     customer_id: str,
@@ -644,7 +647,7 @@ def evaluate(
     """Tier state at ``as_of`` from the customer's ledger, walking event time from the first entry."""
     overrides = _compiled(program).overrides.get(customer_id, ())
     deltas = _deltas(entries)
-    deltas.sort(key=_first)
+    deltas.sort()  # by time (the order within one instant does not matter), so the future part is sorted
     carry_at: dict[datetime, int] = {}
     for c in carries:
         if c.tier in _tier_ids(program):
@@ -668,9 +671,13 @@ def advance_state(program: TiersProgram, customer_id: str, state: TierState, new
     after = state.as_of
     overrides = _compiled(program).overrides.get(customer_id, ())
     deltas = [*state.future, *_deltas(new_entries)]
-    deltas.sort(key=_first)
+    deltas.sort()
     moments: set[datetime] = {as_of}
-    moments.update(t for t, _ in deltas if after < t <= as_of)
+    for t, _ in deltas:
+        if t > as_of:
+            break
+        if t > after:
+            moments.add(t)
     for o in overrides:
         moments.update(t for t in (o.starts_at, o.expires_at) if after < t <= as_of)
     pending = state.pending
@@ -761,7 +768,7 @@ def _walk(
     candidates += [t for t in carry_at if t > as_of]
     return TierState(
         as_of=as_of, tier=tier, since=since, reason=reason, points=balance, pending=pending,
-        next_check_at=min(candidates) if candidates else None, future=tuple(sorted(future)),
+        next_check_at=min(candidates) if candidates else None, future=tuple(future),
     )
 
 

@@ -160,6 +160,9 @@ def derivation_to_json(d: Derivation) -> dict[str, Any]:
 
 def derivation_from_json(data: dict[str, Any]) -> Derivation:
     m = data["m"]
+    if len(data) == 2 and "o" in data:  # the common case: orders only
+        return Derivation(from_micros(m) if m is not None else None, data["o"], {}, set(), set(), set(), set(),
+                          set(), {}, {})
     get = data.get
     return Derivation(
         member_since=from_micros(m) if m is not None else None,
