@@ -1,6 +1,6 @@
 """Tiers hot path without I/O: Python CPU per event, stage by stage (profiling aid next to tiers_bench).
 
-    uv run python -m bench.tiers_cpu [--customers 1000] [--repeat 5] [--profile]
+    uv run python -m bench.tiers_cpu [--customers 1000] [--repeat 5] [--history 1] [--profile]
 
 Builds one batch the way ``bench.tiers_bench`` does (PurchaseMade for distinct customers, each with one
 earlier purchase in the stored document) and times, best of ``--repeat``, per event: the kit's decode,
@@ -60,7 +60,9 @@ class _StoredRows:
         return self.rows if "FROM customers" in sql else []
 
 
-def build(customers: int) -> dict[str, Any]:
+def build(customers: int, history: int = 1) -> dict[str, Any]:
+    """``history``: earlier purchases per customer (1: as in tiers_bench; more: a frequent shopper, every
+    purchase still in the window)."""
     files = load_program_files(PROGRAMS, "tiers", TiersProgram)
     header, program = files[TENANT].header, files[TENANT].section
     zone = program.zone(header.timezone)
@@ -76,17 +78,27 @@ def build(customers: int) -> dict[str, Any]:
         line = domain.PurchaseLine("1", "tools", 1, points * 100)
         fact = domain.Purchase("seed", SEED_TIME, "seed-order", "EUR", (line,))
         templates += [(fact, domain.process(program, "x", [fact], None, SEED_TIME, zone))] * share
+    seed_facts = [seed_customer(i, *templates[i % len(templates)])[0] for i in range(customers)]
+    histories = [[fact] for fact in seed_facts]
+    if history > 1:  # one shared history of `history` purchases over the 300 days before SEED_TIME
+        step = timedelta(days=300) / history
+        line = domain.PurchaseLine("1", "tools", 1, 1000)
+        shared = [domain.Purchase(f"seed-{k}", SEED_TIME - step * (history - 1 - k), f"seed-order-{k}", "EUR",
+                                  (line,)) for k in range(history)]
+        outcome_all = domain.process(program, "x", shared, None, SEED_TIME, zone)
+        histories = [shared] * customers
     rows = []
     for i in range(customers):
         _, outcome = seed_customer(i, *templates[i % len(templates)])
+        if history > 1:
+            outcome = outcome_all
         row = store.CustomerRow.of(customer_id(i), program, outcome.state, outcome.snapshot, outcome.derivation)
         # The columns load_customers selects, in its order (the document as text).
         rows.append(_Row((row.customer_id, row.program_version, row.tier, row.since, row.reason, row.points, row.as_of,
                      row.pending_to, row.pending_effective_at, row.pending_notice_at, list(row.milestones),
                      row.notice_for, row.next_check_at, row.doc_json())))
-    seed_facts = [seed_customer(i, *templates[i % len(templates)])[0] for i in range(customers)]
     return {"program": program, "zone": zone, "rules": rules, "records": records, "rows": rows,
-            "seed_facts": seed_facts}
+            "histories": histories}
 
 
 def stages(b: dict[str, Any]) -> dict[str, Callable[[], object]]:
@@ -135,8 +147,8 @@ def stages(b: dict[str, Any]) -> dict[str, Callable[[], object]]:
         return counts
 
     def full_rederivation() -> object:  # the reference path, for comparison (not part of the handler)
-        return [domain.process(program, s.customer_id, [fact, f], s.snapshot(), f.occurred_at, zone)
-                for s, f, fact in zip(stored, facts, b["seed_facts"], strict=True)]
+        return [domain.process(program, s.customer_id, [*known, f], s.snapshot(), f.occurred_at, zone)
+                for s, f, known in zip(stored, facts, b["histories"], strict=True)]
 
     return {
         "kit decode": lambda: [decode(r.key, r.value, r.headers, known_tenants=tenants) for r in records],
@@ -154,10 +166,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m bench.tiers_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1000, help="events (one per customer) in the batch")
     parser.add_argument("--repeat", type=int, default=5, help="best of this many runs per stage")
+    parser.add_argument("--history", type=int, default=1,
+                        help="earlier purchases per customer (default 1, as in tiers_bench)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the whole path")
     args = parser.parse_args(argv)
     tune_gc()  # as ServiceApp.run() does
-    b = build(args.customers)
+    b = build(args.customers, args.history)
     n = args.customers
     result: dict[str, float] = {}
     for label, fn in stages(b).items():
