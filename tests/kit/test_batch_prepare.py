@@ -39,7 +39,7 @@ async def noop(ctx: Any) -> None:
 def test_unsampled_prepare_continues_valid_traces_and_starts_new_ones() -> None:
     tracer = make_tracer_provider("kt", None).get_tracer("t")  # no exporter: ALWAYS_OFF
     processor = BatchProcessor(
-        service="kt", pool=None, producer=None, handlers={PURCHASE: noop}, tracer=tracer,  # type: ignore[arg-type]
+        service="kt", pool=None, handlers={PURCHASE: noop}, tracer=tracer,  # type: ignore[arg-type]
         metrics=KitMetrics("kt"), dlq_topic="dlq",
     )
     parents = [f"00-{TRACE}-00f067aa0ba902b7-01", None, "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "garbage"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -133,6 +134,43 @@ async def test_poison_and_undecodable_records_go_to_dead_letters_and_replay_work
         assert [r.id for r in replayed] == [failed.id]
         await wait_until(lambda: app.metrics.events_handled.labels(PURCHASE)._value.get() >= 11, within_s=30)
         assert await counts(kit_db, service_name) == {"p": 6, "q": 5}
+
+
+async def test_a_crash_after_dead_lettering_does_not_dead_letter_the_record_again(
+    kafka_bootstrap: str, kit_db: str, service_name: str, suffix: str
+) -> None:
+    settings = isolated_settings(service_name, kafka_bootstrap, kit_db, suffix, pg_admin_dsn=kit_db)
+    prefix = settings.topic_prefix
+    purchase_topic = prefix + topic_for(PURCHASE)
+    good = purchases(["r"], 2, order_prefix="good")
+    headers = encode(good[0]).headers
+    await ensure_topics(kafka_bootstrap, [prefix + topic_for(MILESTONE)], prefix=prefix, partitions=2)
+    first = build(settings)
+
+    async def crash_before_offset_commit(consumer: Any, offsets: Any) -> None:
+        return None  # dead letters and effects are committed; the process "dies" before the offset commit
+
+    first._commit_offsets = crash_before_offset_commit  # type: ignore[method-assign]
+    await ensure_topics(kafka_bootstrap, [first.dlq_topic, purchase_topic], prefix=prefix, partitions=2)
+    async with TopicReader(kafka_bootstrap, first.dlq_topic) as dlq:
+        async with running(first):
+            await publish_raw(kafka_bootstrap, [
+                (purchase_topic, b"r", b"{not json", headers),
+                (purchase_topic, b"r", None, headers),  # a tombstone: dead-lettered with its null value
+            ])
+            await publish(kafka_bootstrap, good, topic_prefix=prefix)
+            await dlq.wait_for(2)
+            await wait_until(lambda: first.metrics.events_handled.labels(PURCHASE)._value.get() >= 2)
+        # Nothing was committed to Kafka: the restarted service reads all four records again.
+        second = build(settings)
+        async with running(second):
+            await wait_until(lambda: second.metrics.duplicates._value.get() >= 2)
+            await wait_until(lambda: second.processor is not None and second.relay is not None
+                             and second.relay.is_leader)
+            await asyncio.sleep(1.0)  # time for a second copy of the dead letters to show up, if one were sent
+            assert second.metrics.dead_letters.labels("malformed_json")._value.get() == 0
+        assert sorted((r.value is None, r.value) for r in dlq.records) == [(False, b"{not json"), (True, None)]
+        assert await counts(kit_db, service_name) == {"r": 2}
 
 
 async def test_consume_produce_hop_keeps_the_trace(

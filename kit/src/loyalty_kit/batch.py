@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
-from loyalty_contracts.envelope import DecodeError, Envelope, decode
+from loyalty_contracts.envelope import DecodeError, Envelope, KafkaRecord, decode
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 
 from loyalty_kit import inbox, outbox
 from loyalty_kit.db import is_transient_db_error
-from loyalty_kit.dlq import dead_letter_headers, publish_dead_letter
+from loyalty_kit.dlq import dead_letter_headers
 from loyalty_kit.effects import ClockMode, EffectContext, advance_watermarks
 from loyalty_kit.metrics import KitMetrics
 from loyalty_kit.telemetry import UnsampledSpans, context_from_traceparent, is_unsampled, traceparent_of
@@ -86,7 +85,6 @@ class BatchProcessor:
         *,
         service: str,
         pool: asyncpg.Pool,
-        producer: AIOKafkaProducer,
         handlers: dict[str, BatchHandler],
         tracer: Tracer,
         metrics: KitMetrics,
@@ -100,7 +98,6 @@ class BatchProcessor:
     ) -> None:
         self.service = service
         self.pool = pool
-        self.producer = producer
         self.handlers = handlers
         self.tracer = tracer
         self.metrics = metrics
@@ -228,6 +225,12 @@ class BatchProcessor:
             self.on_committed()
 
     async def _dead_letter(self, rec: Any, reason: str, error: str, outcome: BatchOutcome) -> None:
+        """Dead-letter through the outbox, once per consumed record.
+
+        The dead letter is an outbox row written in a transaction that also records the record's coordinates
+        in the inbox: a crash between this and the offset commit re-reads the record, finds the coordinates
+        and sends nothing twice (a direct publish would have dead-lettered it again).
+        """
         headers = dead_letter_headers(
             list(rec.headers or ()),
             reason=reason,
@@ -237,7 +240,27 @@ class BatchProcessor:
             offset=rec.offset,
             service=self.service,
         )
-        await publish_dead_letter(self.producer, self.dlq_topic, key=rec.key, value=rec.value, headers=headers)
+        marker = f"dlq:{rec.topic}:{rec.partition}:{rec.offset}"
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    first_time = bool(await inbox.record_new(conn, [marker]))
+                    if first_time:
+                        dead = KafkaRecord(self.dlq_topic, rec.key, rec.value, headers)
+                        await outbox.insert(conn, [dead], self.service)
+                break
+            except Exception as exc:
+                if not is_transient_db_error(exc):
+                    raise
+                self.metrics.retries.labels("dead_letter").inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+        if not first_time:
+            outcome.duplicates += 1
+            return
+        if self.on_committed is not None:
+            self.on_committed()
         outcome.dead_lettered += 1
         outcome.dead_letter_ids.append(f"{rec.topic}:{rec.partition}:{rec.offset}")
         self.metrics.dead_letters.labels(reason).inc()

@@ -210,7 +210,7 @@ class ServiceApp:
                 self.timers.wake()  # the watermark moved; timers may be due
 
         self.processor = BatchProcessor(
-            service=self.name, pool=self.pool, producer=self.producer, handlers=self._batch_handlers,
+            service=self.name, pool=self.pool, handlers=self._batch_handlers,
             tracer=self.tracer, metrics=self.metrics, dlq_topic=self.dlq_topic, clock=s.timer_clock,
             known_tenants=self.known_tenants, topic_prefix=s.topic_prefix, on_committed=after_batch_commit,
         )
