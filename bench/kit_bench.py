@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
@@ -250,7 +250,8 @@ def bench_app(settings: ServiceSettings, migrations_dir: Any) -> ServiceApp:
 
 
 async def run_kit_pipeline(
-    bootstrap: str, dsn: str, n: int, *, batch: int, input_topic: str, workdir: Any, relay: str = "process"
+    bootstrap: str, dsn: str, n: int, *, batch: int, input_topic: str, workdir: Any,
+    relay: Literal["process", "inline"] = "process",
 ) -> PipelineResult:
     run = uuid.uuid4().hex[:8]
     migrations_dir = workdir / f"kit-bench-{run}"
@@ -415,7 +416,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         n = args.events
         print(f"preparing {max(n, args.naive_events)} input events on {input_topic} ...", file=sys.stderr)
         limits: list[PipelineResult] = []
-        modes = ["process", "inline"] if args.relay == "both" else [args.relay]
+        modes: list[Literal["process", "inline"]] = ["process", "inline"] if args.relay == "both" else [args.relay]
         kits: dict[str, list[PipelineResult]] = {mode: [] for mode in modes}
         try:
             await prepare_input(bootstrap, max(n, args.naive_events), input_topic)

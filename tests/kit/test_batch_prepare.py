@@ -62,3 +62,33 @@ def test_emitted_event_ids_are_version_4_uuids_and_distinct() -> None:
     for value in ids[:2000]:
         parsed = uuid.UUID(value)
         assert str(parsed) == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+async def test_prepare_in_slices_gives_the_same_batch_and_lets_other_tasks_run_between_slices() -> None:
+    import asyncio
+
+    tracer = make_tracer_provider("kt", None).get_tracer("t")
+    processor = BatchProcessor(
+        service="kt", pool=None, handlers={PURCHASE: noop}, tracer=tracer,  # type: ignore[arg-type]
+        metrics=KitMetrics("kt"), dlq_topic="dlq",
+    )
+    records: list[Any] = [record(i, None) for i in range(250)]
+    records[120] = Rec("t", 0, 120, b"k", b"{not json", records[120].headers)  # undecodable, mid-batch
+    ticks = 0
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    before = ticks
+    sliced = await processor.prepare_in_slices(tuple(records), slice_size=100)
+    ticker.cancel()
+    whole = processor.prepare(tuple(records))
+    assert ticks - before >= 2  # it yielded between its three slices
+    assert sliced.records == tuple(records)
+    assert [i.env.id for i in sliced.items] == [i.env.id for i in whole.items] and len(sliced.items) == 249
+    assert [r.offset for r, _ in sliced.undecodable] == [120]

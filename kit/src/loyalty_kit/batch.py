@@ -118,6 +118,24 @@ class BatchProcessor:
     def prepare(self, records: Sequence[Any]) -> PreparedBatch:
         """The CPU part (decode, spans): may run while the previous batch is still in its DB transaction."""
         batch = PreparedBatch(records=records, started=time.perf_counter())
+        self._prepare_into(batch, records)
+        return batch
+
+    async def prepare_in_slices(self, records: Sequence[Any], slice_size: int = 100) -> PreparedBatch:
+        """``prepare``, yielding to the event loop every ``slice_size`` records.
+
+        Decoding a 1000-record batch is ~15 ms of CPU in one piece; meanwhile the previous batch's DB stage
+        may already have its query result and sit idle. In slices, decoding fills the DB stage's waits
+        for Postgres instead of delaying it (same result, same order).
+        """
+        batch = self.prepare(records[:slice_size])  # the first slice; benchmarks start their clocks here
+        batch.records = records
+        for start in range(slice_size, len(records), slice_size):
+            await asyncio.sleep(0)
+            self._prepare_into(batch, records[start:start + slice_size])
+        return batch
+
+    def _prepare_into(self, batch: PreparedBatch, records: Sequence[Any]) -> None:
         for rec in records:
             try:
                 env = decode(rec.key, rec.value, rec.headers, known_tenants=self.known_tenants)
@@ -143,7 +161,6 @@ class BatchProcessor:
                 },
             )
             batch.items.append(_Item(rec, env, span, traceparent_of(span) or env.traceparent))
-        return batch
 
     async def finish(self, batch: PreparedBatch) -> BatchOutcome:
         """The I/O part: dead letters, then the transaction(s). Re-running it after a failure is safe (inbox)."""

@@ -270,7 +270,7 @@ class ServiceApp:
         """
         assert self.processor is not None
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        await self._stage.put((msg.consumer, self.processor.prepare(records)))
+        await self._stage.put((msg.consumer, await self.processor.prepare_in_slices(records)))
 
     async def _db_stage(self) -> None:
         assert self.processor is not None
