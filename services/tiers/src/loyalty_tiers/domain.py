@@ -20,9 +20,10 @@ which is how versioned ladders are recalculated (``recalculate``).
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from fractions import Fraction
 from typing import Any, Literal
@@ -241,19 +242,38 @@ class _Expiry:
         self.rolling = timedelta(days=window.days) if window.kind == "rolling_days" and window.days else None
 
     def __call__(self, earned_at: datetime) -> datetime:
+        """In UTC (the instant is what counts): the stored balance changes ahead read back as UTC, so both
+        paths give the same datetimes, and same-tzinfo comparisons are the fast ones."""
         if self.rolling is not None:
-            return earned_at + self.rolling
+            return _in_utc(earned_at + self.rolling)
         local = earned_at.astimezone(self.zone)
         if self.window.kind == "calendar_year":
-            return datetime(local.year + 1, 1, 1, tzinfo=self.zone)
+            return datetime(local.year + 1, 1, 1, tzinfo=self.zone).astimezone(UTC)
         # membership_anniversary: the first anniversary of the first activity strictly after earned_at.
         year = local.year
         member_since = self.first.astimezone(self.zone)
         while True:
             anniversary = _anniversary(member_since, year)
             if anniversary > local:
-                return anniversary
+                return anniversary.astimezone(UTC)
             year += 1
+
+
+def _in_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(moment: datetime) -> int:
+    """Epoch microseconds (exact; the same for the same instant in any offset)."""
+    delta = moment - _EPOCH  # same value as ``// timedelta(microseconds=1)`` without a timedelta division
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
 
 
 def _anniversary(start: datetime, year: int) -> datetime:
@@ -410,7 +430,7 @@ class _Deriver:
     def _entry(self, fact: Fact, activity: EntryActivity, points: int, rule: str, ref: str) -> Entry:
         at = fact.occurred_at
         return Entry(fact.event_id, activity, points, at,
-                     at + self.rolling if self.rolling is not None else self.expiry(at), rule, ref)
+                     _in_utc(at + self.rolling) if self.rolling is not None else self.expiry(at), rule, ref)
 
     def _take(self, activity: str, at: datetime, wanted: int) -> tuple[int, str]:
         return (wanted, "") if self.caps is None else self.caps.take(activity, at, wanted)
@@ -616,8 +636,9 @@ class TierState:
     points: int
     pending: PendingDowngrade | None
     next_check_at: datetime | None  # when time alone may change something (expiry, grace, override)
-    # Balance changes still ahead of ``as_of`` (time, delta), sorted: what ``advance_state`` continues from.
-    future: tuple[tuple[datetime, int], ...] = ()
+    # Balance changes still ahead of ``as_of`` (epoch microseconds, delta), sorted: what ``advance_state``
+    # continues from. Integers: stored and read back per event without building a datetime for each.
+    future: tuple[tuple[int, int], ...] = ()
 
 
 def _override_at(overrides: Sequence[Override], at: datetime) -> Override | None:
@@ -658,7 +679,7 @@ def evaluate(
     moments.update(t for t in carry_at if t <= as_of)
     for o in overrides:
         moments.update(t for t in (o.starts_at, o.expires_at) if t <= as_of)
-    return _walk(program, overrides, deltas, carry_at, as_of, moments, 0, 0, None, "start", None)
+    return _walk(program, overrides, deltas, (), carry_at, as_of, moments, 0, 0, None, "start", None)
 
 
 def advance_state(program: TiersProgram, customer_id: str, state: TierState, new_entries: Sequence[Entry],
@@ -670,7 +691,11 @@ def advance_state(program: TiersProgram, customer_id: str, state: TierState, new
     not need the older entries. Agreement with ``evaluate`` is property-tested."""
     after = state.as_of
     overrides = _compiled(program).overrides.get(customer_id, ())
-    deltas = [*state.future, *_deltas(new_entries)]
+    # Only the known changes due by ``as_of`` become datetimes; the rest stays as stored.
+    known = state.future
+    due_count = bisect_right(known, (micros(as_of), _MAX_DELTA)) if known else 0
+    deltas = [(from_micros(t), d) for t, d in known[:due_count]]
+    deltas += _deltas(new_entries)
     deltas.sort()
     moments: set[datetime] = {as_of}
     for t, _ in deltas:
@@ -683,14 +708,18 @@ def advance_state(program: TiersProgram, customer_id: str, state: TierState, new
     pending = state.pending
     if pending is not None and pending.effective_at <= as_of:
         moments.add(pending.effective_at)  # the full walk pushed it when the downgrade became pending
-    return _walk(program, overrides, deltas, {}, as_of, moments, state.points, state.tier, state.since,
-                 state.reason, pending)
+    return _walk(program, overrides, deltas, known[due_count:], {}, as_of, moments, state.points, state.tier,
+                 state.since, state.reason, pending)
+
+
+_MAX_DELTA = 2**63  # sorts after every (time, delta) pair of the same time
 
 
 def _walk(
     program: TiersProgram,
     overrides: Sequence[Override],
     deltas: list[tuple[datetime, int]],
+    later: tuple[tuple[int, int], ...],
     carry_at: dict[datetime, int],
     as_of: datetime,
     moments: set[datetime],
@@ -756,19 +785,26 @@ def _walk(
             if pending is not None and pending.effective_at <= as_of:
                 heapq.heappush(heap, pending.effective_at)
 
+    # ``later``: known balance changes after ``as_of`` (epoch microseconds), not walked; the walked ones
+    # still ahead join them.
+    future = later
+    if cursor < len(deltas):
+        ahead = tuple([(micros(t), d) for t, d in deltas[cursor:]])
+        future = (later + ahead) if not later or ahead[0] >= later[-1] else tuple(sorted(later + ahead))
     # Next moment when time alone may change the state (drives the durable check timer).
-    future = deltas[cursor:]
     candidates: list[datetime] = []
     if pending is not None:
         candidates += [t for t in (pending.notice_at, pending.effective_at) if t > as_of]
     if policy.policy != "none" and tier > 0:
-        candidates += [t for t, d in future if d < 0]
+        first_drop = next((t for t, d in future if d < 0), None)
+        if first_drop is not None:
+            candidates.append(from_micros(first_drop))
     for o in overrides:
         candidates += [t for t in (o.starts_at, o.expires_at) if t > as_of]
     candidates += [t for t in carry_at if t > as_of]
     return TierState(
         as_of=as_of, tier=tier, since=since, reason=reason, points=balance, pending=pending,
-        next_check_at=min(candidates) if candidates else None, future=tuple(future),
+        next_check_at=min(candidates) if candidates else None, future=future,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +21,8 @@ from loyalty_tiers.domain import (
     TierState,
     fact_from_json,
     fact_to_json,
+    from_micros,
+    micros,
     tier_positions,
 )
 from loyalty_tiers.program import TiersProgram
@@ -48,7 +50,7 @@ class CustomerRow:
     # The document: what the in-order fast path continues from (None: not stored, e.g. a row written before
     # migration 0004; the next event then takes the full re-derivation, which stores one).
     derivation: Derivation | None = None
-    future: tuple[tuple[datetime, int], ...] = ()  # balance changes ahead of as_of (expiries)
+    future: tuple[tuple[int, int], ...] = ()  # balance changes ahead of as_of (epoch micros, delta)
     pending_since: datetime | None = None  # when the pending downgrade's balance shortfall began
 
     def snapshot(self) -> Snapshot:
@@ -104,7 +106,7 @@ class CustomerRow:
         return _json({
             "v": self.program_version,
             "d": derivation_to_json(self.derivation),
-            "f": [[micros(t), d] for t, d in self.future],
+            "f": self.future,
             "ps": micros(self.pending_since) if self.pending_since is not None else None,
         })
 
@@ -117,17 +119,6 @@ def _json(value: Any) -> str:
 # (revision, points, counts_from, expires_at): the parts of an entry whose change makes a new revision;
 # times in epoch microseconds (exact, offset-independent).
 EntryKey = tuple[int, int, int, int]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def micros(moment: datetime) -> int:
-    # Same value as ``(moment - _EPOCH) // timedelta(microseconds=1)`` without a timedelta division.
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
 
 
 def entry_key(revision: int, entry: Entry) -> EntryKey:
@@ -191,11 +182,11 @@ def _customer(row: asyncpg.Record) -> CustomerRow:
     doc = from_json(doc_text)
     stored = doc.get("d")
     derivation = None
-    future: tuple[tuple[datetime, int], ...] = ()
+    future: tuple[tuple[int, int], ...] = ()
     pending_since = None
     if stored is not None and doc.get("v") == program_version:
         derivation = derivation_from_json(stored)
-        future = tuple([(_EPOCH + timedelta(microseconds=t), d) for t, d in doc["f"]])
+        future = tuple(map(tuple, doc["f"]))
         ps = doc.get("ps")
         pending_since = from_micros(ps) if ps is not None else None
     return CustomerRow(
