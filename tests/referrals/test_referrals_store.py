@@ -64,3 +64,11 @@ async def test_saved_book_loads_back_equal_and_updates_in_place(pool: asyncpg.Po
     assert again.referrals["bo"] == loaded.referrals["bo"]
     assert {r.status for r in again.referrals["bo"].rewards.values()} == {RewardStatus.GRANTED}
     assert await pool.fetchval("SELECT count(*) FROM referrals") == len(book.referrals)
+
+
+async def test_custom_plans_are_set_for_the_transaction_only(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await store.plan_each_call(conn)
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"  # the pooled connection is left as it was

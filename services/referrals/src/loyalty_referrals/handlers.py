@@ -284,6 +284,7 @@ async def new_codes_for(
 
 
 async def handle_batch(ctx: BatchContext, runtime: Runtime) -> None:
+    await store.plan_each_call(ctx.conn)
     by_tenant: dict[str, list[Envelope]] = defaultdict(list)
     # Event-time order: one batch mixes topics (a customer's registration and purchase travel on different
     # topics), so arrival order is not the order things happened in. Stable, so per-key order holds on ties.
@@ -326,6 +327,7 @@ async def handle_batch(ctx: BatchContext, runtime: Runtime) -> None:
 
 async def handle_hold_timers(ctx: TimerContext, timers: list[Timer], runtime: Runtime) -> None:
     """The return window passed for these referrals: grant what is still held."""
+    await store.plan_each_call(ctx.conn)
     by_tenant: dict[str, list[Timer]] = defaultdict(list)
     for timer in timers:
         by_tenant[timer.tenant].append(timer)

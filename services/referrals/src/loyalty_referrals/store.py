@@ -154,6 +154,19 @@ _REFERRAL_COLUMNS = (
 )
 
 
+async def plan_each_call(conn: asyncpg.Connection) -> None:
+    """Plan this transaction's statements for their actual arguments (``plan_cache_mode``, transaction-local).
+
+    asyncpg reuses prepared statements; after five runs Postgres may switch to a generic plan. On tables whose
+    statistics are stale (a fresh database, a tenant's bulk import: tables grow faster than autovacuum
+    analyzes them) that plan scans the tenant's whole index prefix and tests ``= ANY($n)`` against every row,
+    unhashed: measured 1.3 ms → 58 ms for the claims lookup and 3 ms → 200 ms for the referral-chain query of
+    a 1 000-event batch over 4 000 rows, growing with the table. Custom plans cost a fraction of a millisecond
+    per statement and stay at the first figures, with or without statistics.
+    """
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
 async def load_book(conn: asyncpg.Connection, tenant: str, rules: Rules, needs: BatchNeeds) -> ReferralBook:
     """Everything the batch's events can read, in a fixed number of queries."""
     book = ReferralBook(tenant=tenant, rules=rules)
