@@ -137,25 +137,31 @@ class CpuUse:
 
 
 class CpuMeter:
-    """Started at the first consumed record, stopped before shutdown (start-up and imports excluded)."""
+    """Started at the first consumed record, stopped before shutdown (start-up excluded). A relay child is
+    measured from when it reports leadership (its imports and connections done; it publishes nothing before)."""
 
-    def __init__(self, child_pid: int | None = None) -> None:
-        self.child_pid = child_pid
+    def __init__(self) -> None:
+        self.child_pid: int | None = None
+        self._child_start = 0.0
         self._start = self._read()
 
-    def _read(self) -> tuple[float, float, float | None, float | None]:
+    def watch_child(self, pid: int) -> None:
+        self.child_pid = pid
+        self._child_start = _cpu_seconds_of_pid(pid)
+
+    def _read(self) -> tuple[float, float | None, float | None]:
         t = os.times()
-        child = _cpu_seconds_of_pid(self.child_pid) if self.child_pid else 0.0
-        return (t.user + t.system, child, _cpu_seconds_of(b"kafka.Kafka"), _cpu_seconds_of(b"postgres"))
+        return (t.user + t.system, _cpu_seconds_of(b"kafka.Kafka"), _cpu_seconds_of(b"postgres"))
 
     def stop(self) -> CpuUse:
         end = self._read()
         s = self._start
+        child = _cpu_seconds_of_pid(self.child_pid) - self._child_start if self.child_pid else 0.0
 
         def diff(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else max(0.0, b - a)
 
-        return CpuUse(end[0] - s[0], end[1] - s[1], diff(s[2], end[2]), diff(s[3], end[3]))
+        return CpuUse(end[0] - s[0], child, diff(s[1], end[1]), diff(s[2], end[2]))
 
 
 # --- 1. the limit ----------------------------------------------------------------------------------------
@@ -274,8 +280,7 @@ async def run_kit_pipeline(
     def timed(records: Any) -> Any:
         if not started:
             started.append(time.perf_counter())
-            child = getattr(app.relay, "_proc", None)
-            meters.append(CpuMeter(child.pid if child is not None else None))
+            meters.append(CpuMeter())
         return original(records)
 
     app.processor.prepare = timed  # type: ignore[method-assign]
@@ -283,6 +288,9 @@ async def run_kit_pipeline(
         handled_at: float | None = None
         while app.relay.published_total < n:  # a 5 ms poll is the stopwatch here
             await asyncio.sleep(0.005)
+            child = getattr(app.relay, "_proc", None)
+            if meters and meters[0].child_pid is None and child is not None and app.relay.is_leader:
+                meters[0].watch_child(child.pid)
             if handled_at is None and app.metrics.events_handled.labels(PURCHASE)._value.get() >= n:
                 handled_at = time.perf_counter()
         ended = time.perf_counter()
