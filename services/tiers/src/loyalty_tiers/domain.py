@@ -693,9 +693,13 @@ def advance_state(program: TiersProgram, customer_id: str, state: TierState, new
     overrides = _compiled(program).overrides.get(customer_id, ())
     # Only the known changes due by ``as_of`` become datetimes; the rest stays as stored.
     known = state.future
-    due_count = bisect_right(known, (micros(as_of), _MAX_DELTA)) if known else 0
-    deltas = [(from_micros(t), d) for t, d in known[:due_count]]
-    deltas += _deltas(new_entries)
+    deltas = _deltas(new_entries)
+    due_count = 0
+    if known:
+        as_of_us = micros(as_of)
+        if known[0][0] <= as_of_us:  # (usually nothing known is due yet)
+            due_count = bisect_right(known, (as_of_us, _MAX_DELTA))
+            deltas += [(from_micros(t), d) for t, d in known[:due_count]]
     deltas.sort()
     moments: set[datetime] = {as_of}
     for t, _ in deltas:
