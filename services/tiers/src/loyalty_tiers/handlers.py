@@ -3,8 +3,10 @@
 One batch handler serves every consumed event type: it turns envelopes into domain facts, groups them by
 tenant and customer, runs the pure domain per customer and persists the results. The
 check timer (``tiers.check``) runs the same path with no new facts at the timer's due time.
-Per batch: one advisory-lock statement, one read of the customers' status rows (each carries the customer's
-facts and current entries), then multi-row writes of ledger revisions, statuses, history and timers.
+Per batch: one advisory-lock statement, one read of the customers' status rows (each carries what the
+in-order fast path continues from), then multi-row writes of ledger rows (with the new facts), statuses,
+history and timers; customers that need the full re-derivation add one read of their facts and one of their
+entries' current revisions.
 """
 
 from __future__ import annotations
