@@ -125,6 +125,12 @@ def _sort_key(fact: Fact) -> tuple[datetime, str]:
 @settings(max_examples=400, deadline=None)
 @given(fast_programs(), streams())
 def test_fast_path_agrees_with_the_full_rederivation(p: TiersProgram, steps: list[Step]) -> None:
+    _check_stream(p, steps)
+
+
+def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
+    """Run the stream as the handler does (fast path when ``advance`` takes the batch, else the full
+    re-derivation) and compare every fast-path result with re-deriving every fact."""
     facts: list[Fact] = []
     row: store.CustomerRow | None = None
     for step in steps:
@@ -180,3 +186,35 @@ def test_fast_path_takes_in_order_earning_events_and_declines_the_rest() -> None
     assert attempt(revoke("e4", at(3), "rw1")) is None
     assert attempt(purchase("e4", at(3), "o-early")) is None  # completes the early refund
     assert attempt(grant("e4", at(3), "rw-early")) is None  # completes the early revocation
+
+
+@st.composite
+def downgrade_streams(draw: st.DrawFn) -> tuple[TiersProgram, list[Step]]:
+    """Short windows, graces and notices, and small steps: tiers rise and fall, downgrades are pending,
+    announced and applied between and across batches (the part of the walk the fast path resumes)."""
+    p = program(
+        window={"kind": "rolling_days", "days": draw(st.sampled_from([10, 20]))},
+        downgrade={"policy": draw(st.sampled_from(["one_step", "to_supported"])),
+                   "grace_days": draw(st.sampled_from([0, 3, 8])), "notice_days": draw(st.sampled_from([0, 2, 5]))},
+        milestones=[0.5],
+        overrides=draw(st.sampled_from([[], [{"customer_id": "c1", "mode": "floor", "tier": "maker",
+                                               "reason": "goodwill", "starts_at": at(15).isoformat(),
+                                               "expires_at": at(40).isoformat()}]])),
+    )
+    steps: list[Step] = []
+    clock = at(0)
+    for n in range(draw(st.integers(2, 20))):
+        clock += timedelta(days=draw(st.sampled_from([0.5, 1, 2, 3, 5, 8, 13])))
+        if draw(st.integers(0, 2)) == 0:
+            steps.append(clock)
+        else:
+            euros = draw(st.sampled_from([20, 60, 120, 350, 900]))
+            steps.append([purchase(f"e{n}", clock, f"o{n}", ("l1", "tools", 1, euros * 100))])
+    return p, steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(downgrade_streams())
+def test_fast_path_agrees_through_pending_and_applied_downgrades(case: tuple[TiersProgram, list[Step]]) -> None:
+    p, steps = case
+    _check_stream(p, steps)
