@@ -15,8 +15,9 @@ earlier purchase (70 % at 300 points, 20 % at 450, 10 % at 920), so the new purc
 no-op for most, crosses the 50 % milestone for some and promotes 10 % to "maker" (TierChanged + a check
 timer). Input events are spread over all customers. The clock runs from the first consumed batch until every
 event is applied and the outbox is empty. RSS is sampled from /proc during the run (the whole bench process);
-"CPU us/event" is this process's CPU time over the run per event (service + bench loop; Postgres and Kafka
-are other processes), a steadier figure than events/s on a shared machine.
+"CPU us/event" is this process's CPU time over the run per event (service + bench loop), a steadier figure
+than events/s on a shared machine; the line under the table adds the kit's relay child (which publishes the
+outbox when the relay runs as a process) and the broker's and Postgres' CPU over the same span.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from loyalty_tiers import domain, store
 from loyalty_tiers.app import MIGRATIONS_DIR, build_app
 from loyalty_tiers.program import TiersProgram
 
-from bench.kit_bench import PURCHASE, endpoints, run_limit_pipeline
+from bench.kit_bench import PURCHASE, CpuMeter, CpuUse, endpoints, run_limit_pipeline
 
 TENANT = "acme-diy"
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
@@ -66,6 +67,7 @@ class TiersResult:
     peak_rss_mb: float
     seed_seconds: float
     cpu_seconds: float  # CPU time of this process (service + bench loop) during the timed run
+    cpu: CpuUse | None = None  # the same, plus the kit's relay child, the broker and Postgres
 
     @property
     def cpu_us_per_event(self) -> float:
@@ -187,6 +189,7 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
         app, _ = build_app(settings)
         started: list[float] = []
         cpu_started: list[float] = []
+        meters: list[CpuMeter] = []
         applied = [0]
         peak = [rss_mb()]
         original_prepare, original_finish = BatchProcessor.prepare, BatchProcessor.finish
@@ -197,6 +200,7 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
             if not started:
                 started.append(time.perf_counter())
                 cpu_started.append(time.process_time())
+                meters.append(CpuMeter())
             return original_prepare(self, records)
 
         async def counted_finish(self: BatchProcessor, batch: Any) -> Any:
@@ -212,17 +216,22 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
             async with app.pool.acquire() as conn:
                 while True:
                     peak[0] = max(peak[0], rss_mb())
+                    child = getattr(app.relay, "_proc", None)  # the kit's relay child process, if any
+                    if meters and meters[0].child_pid is None and child is not None and app.relay.is_leader:
+                        meters[0].watch_child(child.pid)
                     if applied[0] >= n and await conn.fetchval("SELECT count(*) FROM outbox") == 0:
                         break
                     await asyncio.sleep(0.02)
                 ended = time.perf_counter()
                 cpu_ended = time.process_time()
+                cpu = meters[0].stop() if meters else None
                 emitted = app.relay.published_total
         finally:
             BatchProcessor.prepare = original_prepare  # type: ignore[method-assign]
             BatchProcessor.finish = original_finish  # type: ignore[method-assign]
             await app.stop()
-    return TiersResult(customers, n, ended - started[0], emitted, peak[0], seed_seconds, cpu_ended - cpu_started[0])
+    return TiersResult(customers, n, ended - started[0], emitted, peak[0], seed_seconds, cpu_ended - cpu_started[0],
+                       cpu)
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -246,6 +255,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{'tiers ' + str(r.customers):<16} {r.events:>8} {args.batch:>6} {r.seconds:>8.2f} "
               f"{r.per_second:>10.0f} {r.per_second / limit.per_second:>9.0%} {r.emitted:>8} "
               f"{r.peak_rss_mb:>12.0f} {r.seed_seconds:>7.1f} {r.cpu_us_per_event:>13.0f}")
+    for r in results:
+        if r.cpu is not None:
+            print(f"  tiers {r.customers}: {r.cpu.per_event_us(r.events)}")
     if len(results) >= 2:
         first, last = results[0], results[-1]
         print(f"tiers at {last.customers} customers vs {first.customers}: "
