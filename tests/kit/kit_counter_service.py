@@ -25,11 +25,18 @@ class Poisoned(Exception):
 
 def build(settings: ServiceSettings, **kwargs: object) -> ServiceApp:
     app = ServiceApp(settings.service, settings, MIGRATIONS, **kwargs)  # type: ignore[arg-type]
-    app.state = {"healed": False, "fired": [], "connection_drops": 0}  # type: ignore[attr-defined]
+    app.state = {"healed": False, "fired": [], "connection_drops": 0, "committed_events": 0}  # type: ignore[attr-defined]
 
     @app.batch_handler(PURCHASE)
     async def on_purchases(ctx: BatchContext) -> None:
         state = app.state  # type: ignore[attr-defined]
+        applied = len(ctx.events)
+
+        def count_committed() -> None:
+            state["committed_events"] += applied
+
+        # Registered before anything can fail below: an attempt that rolls back must not count.
+        ctx.after_commit(count_committed)
         if state["connection_drops"] > 0:
             state["connection_drops"] -= 1
             raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")

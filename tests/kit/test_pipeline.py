@@ -113,6 +113,8 @@ async def test_poison_and_undecodable_records_go_to_dead_letters_and_replay_work
         await dlq.wait_for(2)
         await wait_until(lambda: app.metrics.events_handled.labels(PURCHASE)._value.get() >= 10, within_s=30)
         assert await counts(kit_db, service_name) == {"p": 5, "q": 5}
+        # after_commit callbacks ran for the committed events only, not for the bisected attempts that failed.
+        assert app.state["committed_events"] == 10  # type: ignore[attr-defined]
 
         letters = await list_dead_letters(kafka_bootstrap, service_name, topic_prefix=prefix)
         by_reason = {dl.reason: dl for dl in letters}
@@ -134,6 +136,7 @@ async def test_poison_and_undecodable_records_go_to_dead_letters_and_replay_work
         assert [r.id for r in replayed] == [failed.id]
         await wait_until(lambda: app.metrics.events_handled.labels(PURCHASE)._value.get() >= 11, within_s=30)
         assert await counts(kit_db, service_name) == {"p": 6, "q": 5}
+        assert app.state["committed_events"] == 11  # type: ignore[attr-defined]
 
 
 async def test_a_crash_after_dead_lettering_does_not_dead_letter_the_record_again(
@@ -220,6 +223,7 @@ async def test_transient_database_errors_are_retried_not_dead_lettered(
         assert app.metrics.retries.labels("batch")._value.get() >= 3
         assert sum(s.get() for s in _samples(app.metrics.dead_letters)) == 0
         assert app.state["connection_drops"] == 0  # type: ignore[attr-defined]
+        assert app.state["committed_events"] == 6  # type: ignore[attr-defined]  # retried attempts not counted
 
 
 def _samples(counter: Any) -> list[Any]:

@@ -25,7 +25,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from loyalty_kit import inbox, outbox
 from loyalty_kit.db import is_transient_db_error
 from loyalty_kit.dlq import dead_letter_headers
-from loyalty_kit.effects import ClockMode, EffectContext, advance_watermarks
+from loyalty_kit.effects import ClockMode, EffectContext, advance_watermarks, run_committed_callbacks
 from loyalty_kit.metrics import KitMetrics
 from loyalty_kit.telemetry import UnsampledSpans, context_from_traceparent, is_unsampled, traceparent_of
 
@@ -222,6 +222,7 @@ class BatchProcessor:
                     await advance_watermarks(conn, (i.env for i in fresh))
                 traceparents = {i.env.id: i.traceparent for i in fresh}
                 buffered: list[Any] = []
+                committed_callbacks: list[Callable[[], None]] = []
                 for handler, run in _runs(fresh, self.handlers):
                     ctx = BatchContext(
                         conn, [i.env for i in run], traceparents,
@@ -230,8 +231,11 @@ class BatchProcessor:
                     )
                     await handler(ctx)
                     buffered.extend(ctx.outbox)
+                    committed_callbacks.extend(ctx.committed_callbacks)
                 await outbox.insert(conn, buffered, self.service)
         # Committed: count only now, so retried slices are not double counted.
+        if fresh:
+            run_committed_callbacks(committed_callbacks)
         outcome.applied += len(fresh)
         outcome.duplicates += duplicates
         if duplicates:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -14,6 +15,8 @@ from loyalty_contracts.envelope import Envelope, KafkaRecord, encode
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _VARIANT = "89ab"
+
+log = logging.getLogger(__name__)
 
 
 def new_event_id() -> str:
@@ -148,6 +151,12 @@ class EffectContext:
         self.default_traceparent = default_traceparent
         self.outbox: list[KafkaRecord] = []
         self.emitted: list[Envelope] = []
+        self.committed_callbacks: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this context's transaction has committed (never if it rolls back or is
+        retried): for counters and other side effects that must not count a batch twice."""
+        self.committed_callbacks.append(callback)
 
     def _traceparent_for(self, cause: Envelope | None) -> str | None:
         return self.default_traceparent
@@ -196,3 +205,12 @@ class EffectContext:
 
     async def now_for(self, tenant: str) -> datetime:
         return await clock_now(self.conn, tenant, self.clock)
+
+
+def run_committed_callbacks(callbacks: list[Callable[[], None]]) -> None:
+    """Run ``after_commit`` callbacks; one that raises is logged and does not stop the others."""
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed")

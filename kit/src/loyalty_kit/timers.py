@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from loyalty_kit import outbox
 from loyalty_kit.db import is_transient_db_error
-from loyalty_kit.effects import ClockMode, EffectContext
+from loyalty_kit.effects import ClockMode, EffectContext, run_committed_callbacks
 from loyalty_kit.metrics import KitMetrics
 from loyalty_kit.telemetry import traceparent_of
 
@@ -139,7 +139,8 @@ class TimerLoop:
                     timers = [_timer(r) for r in await conn.fetch(claim, kinds, self.claim_limit)]
                     if not timers:
                         return 0
-                    await self._fire(conn, timers)
+                    committed_callbacks = await self._fire(conn, timers)
+                run_committed_callbacks(committed_callbacks)
                 self._fired(timers)
                 return len(timers)
             except asyncio.CancelledError:
@@ -162,7 +163,8 @@ class TimerLoop:
                         )
                         if not still:
                             continue
-                        await self._fire(conn, [_timer(still[0])])
+                        committed_callbacks = await self._fire(conn, [_timer(still[0])])
+                    run_committed_callbacks(committed_callbacks)
                     self._fired([timer])
                 except asyncio.CancelledError:
                     raise
@@ -181,7 +183,8 @@ class TimerLoop:
                     )
         return claimed
 
-    async def _fire(self, conn: asyncpg.Connection, timers: list[Timer]) -> None:
+    async def _fire(self, conn: asyncpg.Connection, timers: list[Timer]) -> list[Callable[[], None]]:
+        """Run the handlers in the caller's transaction; returns their ``after_commit`` callbacks."""
         by_kind: dict[str, list[Timer]] = {}
         for t in timers:
             by_kind.setdefault(t.kind, []).append(t)
@@ -189,6 +192,7 @@ class TimerLoop:
         # handler that schedules the same (kind, key) again creates a new timer that must survive this firing.
         await conn.execute("DELETE FROM timers WHERE id = ANY($1::bigint[])", [t.id for t in timers])
         records: list[Any] = []
+        committed_callbacks: list[Callable[[], None]] = []
         for kind, group in by_kind.items():
             with self.tracer.start_as_current_span(
                 f"timer {kind}", kind=SpanKind.INTERNAL,
@@ -200,7 +204,9 @@ class TimerLoop:
                 )
                 await self.handlers[kind](ctx, group)
                 records.extend(ctx.outbox)
+                committed_callbacks.extend(ctx.committed_callbacks)
         await outbox.insert(conn, records, self.service)
+        return committed_callbacks
 
     def _fired(self, timers: list[Timer]) -> None:
         self.fired_total += len(timers)

@@ -374,10 +374,17 @@ class TiersHandlers:
         self.rules = rules
         self.on_tier_change = on_tier_change  # (tenant, to_tier) per announced change, e.g. a metric
 
-    def _changed(self, tenant: str, counts: AppliedCounts) -> None:
-        if self.on_tier_change is not None:
-            for to_tier in counts.changed_to:
-                self.on_tier_change(tenant, to_tier)
+    def _changed(self, ctx: EffectContext, tenant: str, counts: AppliedCounts) -> None:
+        # After the commit: a batch that rolls back and is retried (or bisected) must not count twice.
+        notify, changed = self.on_tier_change, list(counts.changed_to)
+        if notify is None or not changed:
+            return
+
+        def count_changes() -> None:
+            for to_tier in changed:
+                notify(tenant, to_tier)
+
+        ctx.after_commit(count_changes)
 
     def rules_for(self, tenant: str) -> TenantRules:
         try:
@@ -393,7 +400,7 @@ class TiersHandlers:
                 continue
             by_tenant.setdefault(env.tenant, {}).setdefault(env.data.customer_id, []).append((fact, env))
         for tenant, per_customer in by_tenant.items():
-            self._changed(tenant, await apply_customers(ctx, tenant, self.rules_for(tenant), per_customer))
+            self._changed(ctx, tenant, await apply_customers(ctx, tenant, self.rules_for(tenant), per_customer))
 
     async def on_check(self, ctx: TimerContext, timers: list[Timer]) -> None:
         by_tenant: dict[str, dict[str, datetime]] = {}
@@ -402,4 +409,4 @@ class TiersHandlers:
             due = by_tenant.setdefault(timer.tenant, {})
             due[customer_id] = max(timer.due_at, due.get(customer_id, timer.due_at))
         for tenant, evaluate_at in by_tenant.items():
-            self._changed(tenant, await apply_customers(ctx, tenant, self.rules_for(tenant), {}, evaluate_at))
+            self._changed(ctx, tenant, await apply_customers(ctx, tenant, self.rules_for(tenant), {}, evaluate_at))
