@@ -66,3 +66,11 @@ async def test_postgres_round_trips_rows(pg_admin_dsn: str, unique_suffix: str) 
     finally:
         await conn.execute(f"drop table if exists {table}")
         await conn.close()
+
+
+async def test_health_check_works_from_inside_a_running_event_loop(kafka_bootstrap: str, pg_admin_dsn: str) -> None:
+    # `loyalty run` asks LocalStack.status() from its async main job. check_external used asyncio.run, which
+    # fails inside a running loop: a healthy stack looked dead and the main job tore down a reused stack.
+    from loyalty_suite.stack.stack import Endpoints, check_external
+
+    check_external(Endpoints(kafka_bootstrap, pg_admin_dsn, "external"), timeout_s=10)  # raises StackError if broken

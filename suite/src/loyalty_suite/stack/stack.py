@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,31 @@ def external_from_env() -> Endpoints | None:
     return Endpoints(bootstrap, dsn, "external")
 
 
+def _run_to_completion(make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """``asyncio.run`` that also works when the caller is inside a running event loop (``loyalty run``'s
+    main job asks ``LocalStack.status()``): there the coroutine runs on a loop of its own in a worker thread.
+    Without this, the check failed with "asyncio.run() cannot be called from a running event loop", a healthy
+    stack looked dead, and the main job tore down a stack it had reused."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(make())
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: asyncio.run(make())).result()
+
+
 def check_external(endpoints: Endpoints, timeout_s: float = 10.0) -> None:
     """Fail fast, naming the address, when an external Kafka or Postgres does not answer."""
     try:
-        asyncio.run(asyncio.wait_for(describe_cluster(endpoints.kafka_bootstrap, timeout_s), timeout_s + 1))
+        _run_to_completion(
+            lambda: asyncio.wait_for(describe_cluster(endpoints.kafka_bootstrap, timeout_s), timeout_s + 1)
+        )
     except Exception as exc:
         raise StackError(f"Kafka at {endpoints.kafka_bootstrap} (from {ENV_BOOTSTRAP}) did not answer "
                          f"within {timeout_s:.0f}s: {type(exc).__name__}: {exc}") from exc
     try:
-        asyncio.run(asyncio.wait_for(ping_postgres(endpoints.pg_dsn, timeout_s), timeout_s + 1))
+        _run_to_completion(lambda: asyncio.wait_for(ping_postgres(endpoints.pg_dsn, timeout_s), timeout_s + 1))
     except Exception as exc:
         raise StackError(f"Postgres at {_redact(endpoints.pg_dsn)} (from {ENV_PG_DSN}) did not answer "
                          f"within {timeout_s:.0f}s: {type(exc).__name__}: {exc}") from exc
