@@ -247,10 +247,10 @@ async def drive(
     latencies: list[float] = []
     last = 0.0
     for line in arrivals:
-        key, arrived = line.split(" ")
+        ref, arrived = line.split(" ")
         last = max(last, float(arrived))
         # webhook bodies carry the event time; emails are matched by their X-Loyalty-Notification id
-        source_time = datetime.fromisoformat(key).timestamp() if kind == "webhook" else sent_at[key]
+        source_time = datetime.fromisoformat(ref).timestamp() if kind == "webhook" else sent_at[ref]
         latencies.append(float(arrived) - source_time)
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     name = f"{kind}{'-paced' if rate else ''}"

@@ -47,7 +47,7 @@ from loyalty_contracts.events.retail import (
     PurchaseMade,
     PurchaseRefunded,
 )
-from loyalty_kit.batch import BatchProcessor
+from loyalty_kit.batch import BatchOutcome, BatchProcessor, PreparedBatch
 from loyalty_kit.runtime import tune_gc
 from loyalty_kit.settings import ServiceSettings
 from loyalty_kit.testing import fresh_database, publish_raw
@@ -186,12 +186,12 @@ async def run_referrals_pipeline(
     consumed = [0]
     original = BatchProcessor.finish
 
-    async def timed(self: BatchProcessor, prepared: Any) -> Any:
+    async def timed(self: BatchProcessor, batch: PreparedBatch) -> BatchOutcome:
         if not started:
             started.append(time.perf_counter())
             cpu_started.append(time.process_time())
-        outcome = await original(self, prepared)
-        consumed[0] += len(prepared.records)
+        outcome = await original(self, batch)
+        consumed[0] += len(batch.records)
         return outcome
 
     # Patched before start so the very first batch is counted (the consumer starts inside app.start()).

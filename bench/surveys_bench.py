@@ -90,7 +90,7 @@ def request_rows(n: int) -> list[store.RequestRow]:
 
 
 def answer_records(n: int, prefix: str) -> list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
-    records = []
+    records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
     for i in range(n):
         score, comment = answer_mix(i)
         data = SurveyAnswered(
