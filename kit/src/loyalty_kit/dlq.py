@@ -9,20 +9,16 @@ republishes to the original topic with the original headers (so the consumer's i
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from loyalty_contracts.catalogue import dead_letter_topic
 
 from loyalty_kit.outbox import make_producer
-
-log = logging.getLogger(__name__)
 
 DLQ_HEADER_PREFIX = "dlq_"
 MAX_ERROR_CHARS = 2000
@@ -58,27 +54,6 @@ def dead_letter_headers(
         ("dlq_service", service.encode()),
         ("dlq_at", (at or datetime.now(UTC)).isoformat().encode()),
     ]
-
-
-async def publish_dead_letter(
-    producer: AIOKafkaProducer,
-    dlq_topic: str,
-    *,
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]],
-) -> None:
-    """Send and wait for the ack; Kafka errors retry with backoff (a dead letter must never be lost)."""
-    delay = 0.2
-    while True:
-        try:
-            fut = await producer.send(dlq_topic, key=key, value=value, headers=headers)
-            await fut
-            return
-        except KafkaError as exc:
-            log.warning("dead-letter publish failed; retrying", extra={"error": repr(exc), "delay_s": delay})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 @dataclass(frozen=True)
