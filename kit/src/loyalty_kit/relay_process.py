@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import signal
@@ -25,18 +24,10 @@ import sys
 from typing import Any
 
 from loyalty_kit.metrics import KitMetrics
+from loyalty_kit.runtime import die_with_parent
 from loyalty_kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-
 
 class RelayProcess:
     """Stands in for ``OutboxRelay`` inside ``ServiceApp`` when ``outbox_relay = "process"``.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
+import signal
 
 
 def tune_gc(gen0_threshold: int = 300_000) -> None:
@@ -20,3 +23,15 @@ def tune_gc(gen0_threshold: int = 300_000) -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(gen0_threshold, max(gen1, 20), max(gen2, 50))
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; elsewhere a no-op).
+
+    Used by the relay child and, as a ``preexec_fn``, by the local stack's broker and database: a killed
+    parent leaves no orphans."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -11,22 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from loyalty_kit.runtime import die_with_parent
+
 
 class StackError(RuntimeError):
     """A local-stack problem with a message meant for a human (what failed and what to do)."""
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM us when the
-    # launching process dies, so a killed test session leaves no orphan broker/database.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def spawn(
@@ -54,7 +42,7 @@ def spawn(
             cwd=cwd,
             user=user,
             start_new_session=True,
-            preexec_fn=_die_with_parent if tied_to_parent else None,
+            preexec_fn=die_with_parent if tied_to_parent else None,  # no orphan broker/database
         )
     finally:
         log.close()
