@@ -221,22 +221,14 @@ async def load_customer(conn: asyncpg.Connection, tenant: str, customer_id: str)
     return (await load_customers(conn, tenant, [customer_id])).get(customer_id)
 
 
-def _customer_arrays(rows: Sequence[CustomerRow]) -> list[list[Any]]:
+def _customer_tuples(rows: Sequence[CustomerRow]) -> list[tuple[Any, ...]]:
+    """One ``customer_row_in`` value per row (migration 0006): the whole batch is one composite array."""
     return [
-        [r.customer_id for r in rows], [r.program_version for r in rows], [r.tier for r in rows],
-        [r.since for r in rows], [r.reason for r in rows], [r.points for r in rows], [r.as_of for r in rows],
-        [r.pending_to for r in rows], [r.pending_effective_at for r in rows], [r.pending_notice_at for r in rows],
-        # unnest flattens arrays of arrays, so milestones travel as a '{...}' literal per row.
-        ["{" + ",".join(r.milestones) + "}" for r in rows],
-        [r.notice_for for r in rows], [r.next_check_at for r in rows], [r.doc_json() for r in rows],
+        (r.customer_id, r.program_version, r.tier, r.since, r.reason, r.points, r.as_of, r.pending_to,
+         r.pending_effective_at, r.pending_notice_at, list(r.milestones), r.notice_for, r.next_check_at,
+         r.doc_json())
+        for r in rows
     ]
-
-
-_UNNEST_CUSTOMERS = """unnest(
-    $2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::text[], $7::int[], $8::timestamptz[],
-    $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], $14::timestamptz[],
-    $15::text[]
-) AS u(c, v, t, s, r, p, a, pt, pe, pn, m, nf, nc, d)"""
 
 
 async def upsert_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence[CustomerRow]) -> None:
@@ -246,7 +238,7 @@ async def upsert_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence
     await conn.execute(
         f"""
         INSERT INTO customers (tenant, {_CUSTOMER_COLUMNS}, doc, updated_at)
-        SELECT $1, c, v, t, s, r, p, a, pt, pe, pn, m::text[], nf, nc, d, now() FROM {_UNNEST_CUSTOMERS}
+        SELECT $1, u.*, now() FROM unnest($2::customer_row_in[]) AS u
         ON CONFLICT (tenant, customer_id) DO UPDATE SET
             program_version = EXCLUDED.program_version, tier = EXCLUDED.tier, since = EXCLUDED.since,
             reason = EXCLUDED.reason, points = EXCLUDED.points, as_of = EXCLUDED.as_of,
@@ -255,7 +247,7 @@ async def upsert_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence
             notice_for = EXCLUDED.notice_for, next_check_at = EXCLUDED.next_check_at, doc = EXCLUDED.doc,
             updated_at = now()
         """,
-        tenant, *_customer_arrays(rows),
+        tenant, _customer_tuples(rows),
     )
 
 
@@ -267,13 +259,15 @@ async def update_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence
     await conn.execute(
         f"""
         UPDATE customers SET
-            program_version = v, tier = t, since = s, reason = r, points = p, as_of = a, pending_to = pt,
-            pending_effective_at = pe, pending_notice_at = pn, milestones = m::text[], notice_for = nf,
-            next_check_at = nc, doc = d, updated_at = now()
-        FROM {_UNNEST_CUSTOMERS}
-        WHERE tenant = $1 AND customer_id = u.c
+            program_version = u.program_version, tier = u.tier, since = u.since, reason = u.reason,
+            points = u.points, as_of = u.as_of, pending_to = u.pending_to,
+            pending_effective_at = u.pending_effective_at, pending_notice_at = u.pending_notice_at,
+            milestones = u.milestones, notice_for = u.notice_for, next_check_at = u.next_check_at, doc = u.doc,
+            updated_at = now()
+        FROM unnest($2::customer_row_in[]) AS u
+        WHERE customers.tenant = $1 AND customers.customer_id = u.customer_id
         """,
-        tenant, *_customer_arrays(rows),
+        tenant, _customer_tuples(rows),
     )
 
 
@@ -297,21 +291,20 @@ async def customer_ledger(
     return [(r["revision"], _entry(r), r["recorded_at"]) for r in rows]
 
 
-_LEDGER_COLUMNS = typed_columns(
-    "customer_id text, revision int, entry_id text, activity text, points int, counts_from timestamptz, "
-    "expires_at timestamptz, rule text, ref text, fact text"
-)
-
 LedgerRow = tuple[str, int, Entry, Fact | None]  # customer_id, revision, entry, the new fact it records
 
 
 async def append_ledger(conn: asyncpg.Connection, tenant: str, version: int, rows: Sequence[LedgerRow]) -> None:
-    """Append ledger rows; a row that first records a fact carries the fact's body (what ``load_facts`` reads)."""
-    await insert_rows(
-        conn, "ledger", _LEDGER_COLUMNS,
+    """Append ledger rows (one ``ledger_row_in`` array, migration 0006); a row that first records a fact
+    carries the fact's body (what ``load_facts`` reads)."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO ledger (tenant, program_version, customer_id, revision, entry_id, activity, points, "
+        "counts_from, expires_at, rule, ref, fact) SELECT $1, $2, u.* FROM unnest($3::ledger_row_in[]) AS u",
+        tenant, version,
         [(c, rev, e.entry_id, e.activity, e.points, e.counts_from, e.expires_at, e.rule, e.ref,
           _json(fact_to_json(f)) if f is not None else None) for c, rev, e, f in rows],
-        constants={"tenant": ("text", tenant), "program_version": ("int", version)},
     )
 
 
