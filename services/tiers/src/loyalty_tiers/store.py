@@ -257,7 +257,7 @@ async def update_customers(conn: asyncpg.Connection, tenant: str, rows: Sequence
     if not rows:
         return
     await conn.execute(
-        f"""
+        """
         UPDATE customers SET
             program_version = u.program_version, tier = u.tier, since = u.since, reason = u.reason,
             points = u.points, as_of = u.as_of, pending_to = u.pending_to,
