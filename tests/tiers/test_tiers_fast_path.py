@@ -109,13 +109,31 @@ def streams(draw: st.DrawFn) -> list[Step]:
 
 
 def _stored(p: TiersProgram, outcome: Outcome) -> store.CustomerRow:
-    """The status row as ``load_customers`` reads it back after the handler wrote it."""
+    """The status row as ``load_customers`` reads it back after the handler wrote it (without the rewarded
+    keys: those live in their own table, see ``_with_rewarded``)."""
     row = store.CustomerRow.of("c1", p, outcome.state, outcome.snapshot, outcome.derivation)
     return store._customer((
         row.customer_id, row.program_version, row.tier, row.since, row.reason, row.points, row.as_of,
         row.pending_to, row.pending_effective_at, row.pending_notice_at, list(row.milestones), row.notice_for,
         row.next_check_at, row.doc_json(),
     ))
+
+
+def _with_rewarded(row: store.CustomerRow, rewarded: dict[tuple[str, str], str | None], new: list[Fact]) -> None:
+    """What the handler does before the fast path: load the stored rewarded keys the new facts ask about."""
+    assert row.derivation is not None
+    for fact in new:
+        key = store.rewarded_key(fact)
+        if key is not None and key in rewarded:
+            store.add_rewarded(row.derivation, *key, rewarded[key])
+
+
+def _bounded(d: Derivation | None) -> Derivation | None:
+    """The part of a derivation the status document stores (the rewarded sets emptied)."""
+    if d is None:
+        return None
+    return Derivation(d.member_since, {}, {}, set(), set(), set(), set(d.open_orders), set(d.open_rewards),
+                      dict(d.cap_day), dict(d.cap_month))
 
 
 def _sort_key(fact: Fact) -> tuple[datetime, str]:
@@ -133,6 +151,7 @@ def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
     re-derivation) and compare every fast-path result with re-deriving every fact."""
     facts: list[Fact] = []
     row: store.CustomerRow | None = None
+    rewarded: dict[tuple[str, str], str | None] = {}  # the customer's rows of the rewarded table
     for step in steps:
         new = [] if isinstance(step, datetime) else step
         times = [f.occurred_at for f in new] + ([step] if isinstance(step, datetime) else [])
@@ -147,6 +166,7 @@ def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
         if row is not None:
             state = row.state(p)
             assert state is not None and row.derivation is not None
+            _with_rewarded(row, rewarded, new)
             fast = advance(p, "c1", row.derivation, state, new, snapshot, as_of)
             if fast is not None:
                 by_id = {e.entry_id: e for e in full.entries}
@@ -154,11 +174,22 @@ def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
                 assert fast.state == full.state
                 assert fast.effects == full.effects
                 assert fast.snapshot == full.snapshot
-                assert fast.derivation == full.derivation
+                assert _bounded(fast.derivation) == _bounded(full.derivation)
+                assert fast.derivation is not None
+                # The keys the fast path knows (loaded + added) are exactly the full derivation's keys among
+                # those the new facts asked about, plus what it added: written as new rows.
+                for kind, key, event_id in store.rewarded_rows(fast.derivation):
+                    rewarded.setdefault((kind, key), event_id)
                 outcome = fast
+        if outcome is full:
+            assert full.derivation is not None
+            rewarded = {(kind, key): event_id for kind, key, event_id in store.rewarded_rows(full.derivation)}
         facts.extend(new)
+        assert full.derivation is not None
+        # Whichever path ran, the stored keys are the full derivation's (the once-only memory is complete).
+        assert rewarded == {(kind, key): event_id for kind, key, event_id in store.rewarded_rows(full.derivation)}
         row = _stored(p, outcome)
-        assert row.derivation == full.derivation  # survives storage
+        assert row.derivation == _bounded(full.derivation)  # survives storage
 
 
 def _state_after(p: TiersProgram, facts: list[Fact], as_of: datetime) -> tuple[Derivation, TierState, Snapshot]:

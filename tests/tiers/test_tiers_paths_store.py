@@ -30,6 +30,12 @@ async def test_fast_and_full_batches_interleaved_match_the_full_rederivation(pg_
         ([refund("r2", at(4), "o2", full=True)], 1),  # a correction: full re-derivation
         ([purchase("p4", at(40), "o4"), purchase("p1", at(1), "o1")], 1),  # a redelivered fact among new ones
         ([purchase("p5", at(50), "o5")], 0),  # in order again, from what the full path stored
+        # In order, but the order and the product were rewarded before: the fast path finds them in the
+        # rewarded table (not in the status document) and books 0 points.
+        ([purchase("p6", at(60), "o5"), review("v2", at(61))], 0),
+        ([purchase("p7", at(70), "o3"), survey("s2", at(71), "rq-s1")], 0),
+        # Two events for one new order in one batch: one booking, one duplicate, one rewarded key written.
+        ([purchase("p8", at(80), "o8"), purchase("p9", at(81), "o8")], 0),
     ]
     seen: list[domain.Fact] = []
     async with fresh_database(pg_admin_dsn, prefix="tiers_paths_") as dsn:
@@ -51,6 +57,12 @@ async def test_fast_and_full_batches_interleaved_match_the_full_rederivation(pg_
                     assert row is not None
                     assert row.state(p) == reference.state
                     assert row.snapshot() == reference.snapshot
+                    # The document's bounded part plus every stored rewarded key = the full derivation.
+                    assert row.derivation is not None
+                    for kind, key, event_id in await conn.fetch(
+                        "SELECT kind, key, event_id FROM rewarded WHERE tenant = $1 AND customer_id = 'c1'", TENANT
+                    ):
+                        store.add_rewarded(row.derivation, kind, key, event_id)
                     assert row.derivation == reference.derivation
                 stored_facts = (await store.load_facts(conn, TENANT, ["c1"]))["c1"]
                 keys = (await store.load_entry_keys(conn, TENANT, p.version, ["c1"]))["c1"]

@@ -12,6 +12,7 @@ entries' current revisions.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -32,6 +33,7 @@ from loyalty_kit.effects import EffectContext
 from loyalty_kit.timers import Timer, TimerContext
 
 from loyalty_tiers import domain, store
+from loyalty_tiers.domain import TierState
 from loyalty_tiers.program import TiersProgram
 
 CONSUMED_TYPES: tuple[str, ...] = tuple(
@@ -65,6 +67,7 @@ class StaleProgramVersion(Exception):
 
 
 _ZERO = timedelta(0)
+_NOTHING_LOADED: frozenset[tuple[str, str]] = frozenset()
 
 
 def _utc(moment: datetime) -> datetime:
@@ -200,6 +203,8 @@ class _Batch:
         self.history_rows: list[store.HistoryRow] = []
         self.timers_to_cancel: list[str] = []
         self.timers_to_schedule: list[tuple[str, str, datetime, dict[str, str], str]] = []
+        self.rewarded: list[tuple[str, str, str, str | None]] = []
+        self.rewarded_replaced: list[str] = []  # customers whose rewarded keys are all written again
 
     def add(
         self,
@@ -210,9 +215,12 @@ class _Batch:
         cause: Envelope | None,
         as_of: datetime,
         prior_keys: Mapping[str, store.EntryKey] | None,
+        rewarded_loaded: AbstractSet[store.RewardedKey] | None = None,
     ) -> None:
         """``prior_keys``: the current revisions of the customer's entries (full re-derivation), or None when
-        every entry of ``outcome`` is new (the fast path, a first event)."""
+        every entry of ``outcome`` is new (the fast path, a first event). ``rewarded_loaded``: the rewarded
+        keys the fast path loaded (only new ones are written), or None: the derivation is complete and
+        replaces the customer's stored keys."""
         program = self.rules.program
         ledger_rows = self.ledger_rows
         # Append-only ledger: new entries get revision 1, changed ones (a late purchase completing an early
@@ -235,7 +243,21 @@ class _Batch:
                 elif fact is not None or prior[1:] != store.entry_key(0, entry)[1:]:
                     ledger_rows.append((customer_id, prior[0] + 1, entry, fact))
 
-        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, outcome.derivation)
+        derivation = outcome.derivation
+        if derivation is not None:
+            if rewarded_loaded is None:
+                self.rewarded_replaced.append(customer_id)
+                self.rewarded += [(customer_id, *r) for r in store.rewarded_rows(derivation)]
+            else:  # the fast path: only the new facts' keys can be new
+                written: set[store.RewardedKey] = set()
+                for fact in new_facts:
+                    key = store.rewarded_key(fact)
+                    if key is not None and key not in rewarded_loaded and key not in written:
+                        held, event_id = store.rewarded_event(derivation, *key)
+                        if held:
+                            written.add(key)
+                            self.rewarded.append((customer_id, key[0], key[1], event_id))
+        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, derivation)
         (self.new_customers if before is None else self.known_customers).append(row)
         counts = self.counts
         ctx = self.ctx
@@ -272,6 +294,8 @@ class _Batch:
         await store.update_customers(conn, self.tenant, self.known_customers)
         await store.upsert_customers(conn, self.tenant, self.new_customers)
         await store.insert_history(conn, self.tenant, self.history_rows)
+        if self.rewarded or self.rewarded_replaced:
+            await store.write_rewarded(conn, self.tenant, self.rewarded, self.rewarded_replaced)
         await self.ctx.cancel_many(CHECK_TIMER, self.timers_to_cancel)
         await self.ctx.schedule_many(self.timers_to_schedule)
 
@@ -303,6 +327,7 @@ async def apply_customers(
     stored = await store.load_customers(conn, tenant, customers)
     batch = _Batch(ctx, tenant, rules, counts)
     slow: list[_Pending] = []
+    fast: list[tuple[str, store.CustomerRow, TierState, list[domain.Fact], Envelope | None, datetime]] = []
     for customer_id in customers:
         before = stored.get(customer_id)
         if before is not None and before.program_version > program.version:
@@ -332,17 +357,31 @@ async def apply_customers(
             outcome = domain.process(program, customer_id, fresh, None, as_of, zone)
             batch.add(customer_id, None, outcome, fresh, cause, as_of, None)
             continue
-        outcome_or_none = None
-        if not recalculating:
-            state = before.state(program)
-            if state is not None:
-                assert before.derivation is not None
-                outcome_or_none = domain.advance(program, customer_id, before.derivation, state, fresh,
-                                                 before.snapshot(), as_of, zone)
-        if outcome_or_none is None:
+        state = before.state(program) if not recalculating else None
+        if state is None:
             slow.append(_Pending(customer_id, before, fresh, cause, as_of))
         else:
-            batch.add(customer_id, before, outcome_or_none, fresh, cause, as_of, None)
+            fast.append((customer_id, before, state, fresh, cause, as_of))
+
+    if fast:
+        # What the fast path's facts ask "rewarded once already?" about: one probe per fact, one query.
+        wanted = [(customer_id, key[0], key[1], None) for customer_id, _, _, fresh, _, _ in fast
+                  for key in map(store.rewarded_key, fresh) if key is not None]
+        loaded: dict[str, set[store.RewardedKey]] = {}
+        for customer_id, kind, key, event_id in await store.load_rewarded(conn, tenant, wanted):
+            derivation = stored[customer_id].derivation
+            assert derivation is not None
+            store.add_rewarded(derivation, kind, key, event_id)
+            loaded.setdefault(customer_id, set()).add((kind, key))
+        for customer_id, before, state, fresh, cause, as_of in fast:
+            assert before.derivation is not None
+            outcome_or_none = domain.advance(program, customer_id, before.derivation, state, fresh,
+                                             before.snapshot(), as_of, zone)
+            if outcome_or_none is None:
+                slow.append(_Pending(customer_id, before, fresh, cause, as_of))
+            else:
+                batch.add(customer_id, before, outcome_or_none, fresh, cause, as_of, None,
+                          loaded.get(customer_id, _NOTHING_LOADED))
 
     if slow:
         counts.full_rederivations = len(slow)

@@ -13,11 +13,16 @@ from loyalty_kit.bulk import insert_rows, typed_columns
 from pydantic_core import from_json, to_json
 
 from loyalty_tiers.domain import (
+    Community,
     Derivation,
     Entry,
     Fact,
     PendingDowngrade,
+    Purchase,
+    ReferralGrant,
+    Review,
     Snapshot,
+    SurveyAnswer,
     TierState,
     fact_from_json,
     fact_to_json,
@@ -126,18 +131,10 @@ def entry_key(revision: int, entry: Entry) -> EntryKey:
 
 
 def derivation_to_json(d: Derivation) -> dict[str, Any]:
-    """Compact keys, empty parts left out (most customers have a few orders and nothing else)."""
+    """The bounded part of a derivation, compact keys, empty parts left out. What was rewarded once (orders,
+    products, survey requests, activities, referral rewards) grows with the customer's history and lives in
+    the ``rewarded`` table instead (migration 0007; ``load_rewarded`` / ``rewarded_rows``)."""
     out: dict[str, Any] = {"m": micros(d.member_since) if d.member_since is not None else None}
-    if d.orders:
-        out["o"] = d.orders
-    if d.reviewed:
-        out["r"] = d.reviewed
-    if d.answered:
-        out["a"] = sorted(d.answered)
-    if d.activities:
-        out["c"] = sorted(d.activities)
-    if d.grants:
-        out["g"] = sorted(d.grants)
     if d.open_orders:
         out["oo"] = sorted(d.open_orders)
     if d.open_rewards:
@@ -150,23 +147,112 @@ def derivation_to_json(d: Derivation) -> dict[str, Any]:
 
 
 def derivation_from_json(data: dict[str, Any]) -> Derivation:
+    """A derivation with empty rewarded sets: ``add_rewarded`` fills in the keys a batch asks about."""
     m = data["m"]
-    if len(data) == 2 and "o" in data:  # the common case: orders only
-        return Derivation(from_micros(m) if m is not None else None, data["o"], {}, set(), set(), set(), set(),
-                          set(), {}, {})
+    member_since = from_micros(m) if m is not None else None
+    if len(data) == 1:  # the common case: nothing open, no caps used
+        return Derivation(member_since, {}, {}, set(), set(), set(), set(), set(), {}, {})
     get = data.get
     return Derivation(
-        member_since=from_micros(m) if m is not None else None,
-        orders=get("o") or {},
-        reviewed=get("r") or {},
-        answered=set(get("a") or ()),
-        activities=set(get("c") or ()),
-        grants=set(get("g") or ()),
+        member_since=member_since,
         open_orders=set(get("oo") or ()),
         open_rewards=set(get("or") or ()),
         cap_day={k: (v[0], v[1]) for k, v in (get("cd") or {}).items()},
         cap_month={k: (v[0], v[1]) for k, v in (get("cm") or {}).items()},
     )
+
+
+# --- what was rewarded once (migration 0007) ------------------------------------------------------------
+
+# (kind, key): ("o", order id), ("r", sku), ("a", survey request), ("c", activity), ("g", referral reward)
+RewardedKey = tuple[str, str]
+
+
+def rewarded_key(fact: Fact) -> RewardedKey | None:
+    """The key a fact's once-only rule looks up (None: the fact has none, e.g. a refund)."""
+    kind = type(fact)
+    if kind is Purchase:
+        return ("o", fact.order_id)  # type: ignore[union-attr]
+    if kind is Review:
+        return ("r", fact.sku)  # type: ignore[union-attr]
+    if kind is SurveyAnswer:
+        return ("a", fact.request_id)  # type: ignore[union-attr]
+    if kind is Community:
+        return ("c", fact.activity_id)  # type: ignore[union-attr]
+    if kind is ReferralGrant:
+        return ("g", fact.reward_id)  # type: ignore[union-attr]
+    return None
+
+
+def add_rewarded(d: Derivation, kind: str, key: str, event_id: str | None) -> None:
+    if kind == "o":
+        d.orders[key] = event_id or ""
+    elif kind == "r":
+        d.reviewed[key] = event_id or ""
+    elif kind == "a":
+        d.answered.add(key)
+    elif kind == "c":
+        d.activities.add(key)
+    elif kind == "g":
+        d.grants.add(key)
+
+
+def rewarded_rows(d: Derivation) -> list[tuple[str, str, str | None]]:
+    """Every (kind, key, event id) the derivation holds."""
+    rows: list[tuple[str, str, str | None]] = [("o", k, v) for k, v in d.orders.items()]
+    rows += [("r", k, v) for k, v in d.reviewed.items()]
+    rows += [("a", k, None) for k in d.answered]
+    rows += [("c", k, None) for k in d.activities]
+    rows += [("g", k, None) for k in d.grants]
+    return rows
+
+
+def rewarded_event(d: Derivation, kind: str, key: str) -> tuple[bool, str | None]:
+    """Whether the derivation holds this key, and the event that booked it (orders and products)."""
+    if kind == "o":
+        event_id = d.orders.get(key)
+        return event_id is not None, event_id
+    if kind == "r":
+        event_id = d.reviewed.get(key)
+        return event_id is not None, event_id
+    if kind == "a":
+        return key in d.answered, None
+    if kind == "c":
+        return key in d.activities, None
+    return key in d.grants, None
+
+
+async def load_rewarded(
+    conn: asyncpg.Connection, tenant: str, wanted: Sequence[tuple[str, str, str, None]]
+) -> list[tuple[str, str, str, str | None]]:
+    """The stored ``(customer, kind, key, event id)`` of these ``(customer, kind, key, None)``: one
+    primary-key probe each, whatever the customers' history."""
+    if not wanted:
+        return []
+    rows = await conn.fetch(
+        "SELECT r.customer_id, r.kind, r.key, r.event_id FROM unnest($2::rewarded_row_in[]) AS w "
+        "JOIN rewarded r ON r.tenant = $1 AND r.customer_id = w.customer_id AND r.kind = w.kind AND r.key = w.key",
+        tenant, wanted,
+    )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def write_rewarded(
+    conn: asyncpg.Connection, tenant: str, rows: Sequence[tuple[str, str, str, str | None]],
+    replace_for: Sequence[str] = (),
+) -> None:
+    """Insert rewarded ``(customer, kind, key, event id)``; ``replace_for``: customers whose keys are first
+    deleted (a full re-derivation or recalculation writes the whole set again)."""
+    if replace_for:
+        await conn.execute("DELETE FROM rewarded WHERE tenant = $1 AND customer_id = ANY($2::text[])",
+                           tenant, list(replace_for))
+    if rows:
+        await conn.execute(
+            "INSERT INTO rewarded (tenant, customer_id, kind, key, event_id) "
+            "SELECT $1, u.* FROM unnest($2::rewarded_row_in[]) AS u "
+            "ON CONFLICT (tenant, customer_id, kind, key) DO UPDATE SET event_id = EXCLUDED.event_id",
+            tenant, rows,
+        )
 
 
 _CUSTOMER_COLUMNS = (
