@@ -114,8 +114,7 @@ async def prepare_input(bootstrap: str, topic: str, n: int, customers: int) -> N
 
 
 async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: Any) -> None:
-    """COPY `customers` customers with one earlier purchase each (ledger entry with its fact, status row + document,
-    the rewarded order)."""
+    """COPY `customers` customers with one earlier purchase each (ledger entry with its fact, status row + document)."""
     templates = []
     for share, points in SEED_MIX:
         fact = domain.Purchase("seed", SEED_TIME, "seed-order", "EUR",
@@ -125,7 +124,7 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
     chunk = 20_000  # small chunks keep the bench process RSS (which is measured) low
     async with pool.acquire() as conn:
         for start in range(0, customers, chunk):
-            ledger, rows, rewarded = [], [], []
+            ledger, rows = [], []
             for i in range(start, min(customers, start + chunk)):
                 cid = customer_id(i)
                 fact, outcome = seed_customer(i, *templates[i % len(templates)])
@@ -134,7 +133,6 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
                                e.expires_at, e.rule, fact.order_id,
                                json.dumps(domain.fact_to_json(fact), separators=(",", ":"))))
                 r = store.CustomerRow.of(cid, program, outcome.state, outcome.snapshot, outcome.derivation)
-                rewarded += [(TENANT, cid, *k) for k in store.rewarded_rows(outcome.derivation)]  # type: ignore[arg-type]
                 rows.append((TENANT, cid, r.program_version, r.tier, r.since, r.reason, r.points, r.as_of,
                              None, None, None, list(r.milestones), None, None, r.doc_json()))
             async with conn.transaction():
@@ -147,14 +145,10 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
                     columns=["tenant", "customer_id", "program_version", "tier", "since", "reason", "points",
                              "as_of", "pending_to", "pending_effective_at", "pending_notice_at", "milestones",
                              "notice_for", "next_check_at", "doc"])
-                await conn.copy_records_to_table(
-                    "rewarded", schema_name="tiers", records=rewarded,
-                    columns=["tenant", "customer_id", "kind", "key", "event_id"])
         # A steady-state table, not a freshly loaded one: set hint bits and the visibility map now, so the
         # timed run does not pay the one-off cost of first touching a million just-copied rows.
         await conn.execute("VACUUM (ANALYZE) tiers.ledger")
         await conn.execute("VACUUM (ANALYZE) tiers.customers")
-        await conn.execute("VACUUM (ANALYZE) tiers.rewarded")
         # Flush the seed's WAL now rather than in a checkpoint during the timed run (needs a superuser DSN).
         await conn.execute("CHECKPOINT")
 

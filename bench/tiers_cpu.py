@@ -92,7 +92,12 @@ def build(customers: int, history: int = 1) -> dict[str, Any]:
         _, outcome = seed_customer(i, *templates[i % len(templates)])
         if history > 1:
             outcome = outcome_all
-        row = store.CustomerRow.of(customer_id(i), program, outcome.state, outcome.snapshot, outcome.derivation)
+        assert outcome.derivation is not None
+        # As the handler stores it: more rewarded keys than the document keeps spill to the rewarded table
+        # (the stub's probe finds none of the new orders there, as the real one would not).
+        spilled = store.rewarded_size(outcome.derivation) > store.REWARDED_INLINE
+        row = store.CustomerRow.of(customer_id(i), program, outcome.state, outcome.snapshot, outcome.derivation,
+                                   spilled)
         # The columns load_customers selects, in its order (the document as text).
         rows.append(_Row((row.customer_id, row.program_version, row.tier, row.since, row.reason, row.points, row.as_of,
                      row.pending_to, row.pending_effective_at, row.pending_notice_at, list(row.milestones),

@@ -108,10 +108,10 @@ def streams(draw: st.DrawFn) -> list[Step]:
     return steps
 
 
-def _stored(p: TiersProgram, outcome: Outcome) -> store.CustomerRow:
-    """The status row as ``load_customers`` reads it back after the handler wrote it (without the rewarded
-    keys: those live in their own table, see ``_with_rewarded``)."""
-    row = store.CustomerRow.of("c1", p, outcome.state, outcome.snapshot, outcome.derivation)
+def _stored(p: TiersProgram, outcome: Outcome, spilled: bool) -> store.CustomerRow:
+    """The status row as ``load_customers`` reads it back after the handler wrote it (a spilled customer's
+    rewarded keys are not in it: they are in the rewarded table)."""
+    row = store.CustomerRow.of("c1", p, outcome.state, outcome.snapshot, outcome.derivation, spilled)
     return store._customer((
         row.customer_id, row.program_version, row.tier, row.since, row.reason, row.points, row.as_of,
         row.pending_to, row.pending_effective_at, row.pending_notice_at, list(row.milestones), row.notice_for,
@@ -119,17 +119,8 @@ def _stored(p: TiersProgram, outcome: Outcome) -> store.CustomerRow:
     ))
 
 
-def _with_rewarded(row: store.CustomerRow, rewarded: dict[tuple[str, str], str | None], new: list[Fact]) -> None:
-    """What the handler does before the fast path: load the stored rewarded keys the new facts ask about."""
-    assert row.derivation is not None
-    for fact in new:
-        key = store.rewarded_key(fact)
-        if key is not None and key in rewarded:
-            store.add_rewarded(row.derivation, *key, rewarded[key])
-
-
 def _bounded(d: Derivation | None) -> Derivation | None:
-    """The part of a derivation the status document stores (the rewarded sets emptied)."""
+    """A derivation without its rewarded sets (what a spilled customer's document stores)."""
     if d is None:
         return None
     return Derivation(d.member_since, {}, {}, set(), set(), set(), set(d.open_orders), set(d.open_rewards),
@@ -146,12 +137,27 @@ def test_fast_path_agrees_with_the_full_rederivation(p: TiersProgram, steps: lis
     _check_stream(p, steps)
 
 
+@settings(max_examples=200, deadline=None)
+@given(fast_programs(), streams())
+def test_fast_path_agrees_with_the_full_rederivation_when_rewarded_keys_spill(
+    p: TiersProgram, steps: list[Step]
+) -> None:
+    """The same with at most 2 rewarded keys in the document: most streams spill to the rewarded table."""
+    limit = store.REWARDED_INLINE
+    store.REWARDED_INLINE = 2
+    try:
+        _check_stream(p, steps)
+    finally:
+        store.REWARDED_INLINE = limit
+
+
 def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
     """Run the stream as the handler does (fast path when ``advance`` takes the batch, else the full
-    re-derivation) and compare every fast-path result with re-deriving every fact."""
+    re-derivation; rewarded keys in the document or, spilled, in the table) and compare every result with
+    re-deriving every fact."""
     facts: list[Fact] = []
     row: store.CustomerRow | None = None
-    rewarded: dict[tuple[str, str], str | None] = {}  # the customer's rows of the rewarded table
+    table: dict[tuple[str, str], str | None] = {}  # the customer's rows of the rewarded table
     for step in steps:
         new = [] if isinstance(step, datetime) else step
         times = [f.occurred_at for f in new] + ([step] if isinstance(step, datetime) else [])
@@ -163,10 +169,17 @@ def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
         snapshot = row.snapshot() if row is not None else None
         full = process(p, "c1", [*facts, *new], snapshot, as_of)
         outcome = full
+        partial: set[tuple[str, str]] | None = None
         if row is not None:
             state = row.state(p)
             assert state is not None and row.derivation is not None
-            _with_rewarded(row, rewarded, new)
+            if row.spilled:  # what the handler probes: the stored keys the new facts ask about
+                partial = set()
+                for fact in new:
+                    key = store.rewarded_key(fact)
+                    if key is not None and key in table:
+                        store.add_rewarded(row.derivation, *key, table[key])
+                        partial.add(key)
             fast = advance(p, "c1", row.derivation, state, new, snapshot, as_of)
             if fast is not None:
                 by_id = {e.entry_id: e for e in full.entries}
@@ -175,21 +188,28 @@ def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
                 assert fast.effects == full.effects
                 assert fast.snapshot == full.snapshot
                 assert _bounded(fast.derivation) == _bounded(full.derivation)
-                assert fast.derivation is not None
-                # The keys the fast path knows (loaded + added) are exactly the full derivation's keys among
-                # those the new facts asked about, plus what it added: written as new rows.
-                for kind, key, event_id in store.rewarded_rows(fast.derivation):
-                    rewarded.setdefault((kind, key), event_id)
+                if not row.spilled:
+                    assert fast.derivation == full.derivation
                 outcome = fast
         if outcome is full:
-            assert full.derivation is not None
-            rewarded = {(kind, key): event_id for kind, key, event_id in store.rewarded_rows(full.derivation)}
+            partial = None  # the full re-derivation knows every key
+        assert outcome.derivation is not None and full.derivation is not None
+        placed = store.rewarded_write(outcome.derivation, partial, row is not None and row.spilled, new)
+        if placed.replace:
+            table = {}
+        table.update({(kind, key): event_id for kind, key, event_id in placed.rows})
         facts.extend(new)
-        assert full.derivation is not None
-        # Whichever path ran, the stored keys are the full derivation's (the once-only memory is complete).
-        assert rewarded == {(kind, key): event_id for kind, key, event_id in store.rewarded_rows(full.derivation)}
-        row = _stored(p, outcome)
-        assert row.derivation == _bounded(full.derivation)  # survives storage
+        row = _stored(p, outcome, placed.spilled)
+        assert row.spilled == placed.spilled and row.derivation is not None
+        # Document and table together hold exactly the full derivation's rewarded keys; the rest of the
+        # derivation survives storage.
+        expected = {(kind, key): event_id for kind, key, event_id in store.rewarded_rows(full.derivation)}
+        if row.spilled:
+            assert table == expected
+            assert row.derivation == _bounded(full.derivation)
+        else:
+            assert table == {}
+            assert row.derivation == full.derivation
 
 
 def _state_after(p: TiersProgram, facts: list[Fact], as_of: datetime) -> tuple[Derivation, TierState, Snapshot]:

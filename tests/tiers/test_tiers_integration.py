@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -352,43 +351,3 @@ async def test_migrations_keep_existing_facts_and_ledger(pg_admin_dsn: str,
     assert [f.event_id for f in facts["c"]] == ["e1"]
     assert keys == {"c": {"e1": (2, 5, store.micros(T0), store.micros(T0 + timedelta(days=365)))}}
 
-
-async def test_migration_0007_moves_rewarded_sets_out_of_status_documents(pg_admin_dsn: str,
-                                                                          tmp_path: Path) -> None:
-    """Documents written before 0007 carried every rewarded order/product/request/activity/reward id; 0007
-    moves them into the rewarded table (what the fast path probes) and leaves the bounded part in place."""
-    from loyalty_kit import migrations
-    from loyalty_kit.db import create_pool
-    from loyalty_tiers import store
-    from loyalty_tiers.app import MIGRATIONS_DIR
-
-    before = tmp_path / "m"
-    before.mkdir()
-    for f in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if f.name < "0007":
-            (before / f.name).write_text(f.read_text())
-    old_doc = ('{"v": 1, "d": {"m": 1772446200000000, "o": {"o1": "p1", "o2": "p2"}, "r": {"drill": "v1"}, '
-               '"a": ["rq1"], "c": ["act1", "act2"], "g": ["rw1"], "oo": ["o9"]}, "f": [], "ps": null}')
-    async with fresh_database(pg_admin_dsn, prefix="tiers_mig7_") as dsn:
-        pool = await create_pool(dsn, "tiers", min_size=1, max_size=1)
-        try:
-            await migrations.apply(pool, "tiers", before)
-            async with pool.acquire() as conn:
-                await conn.execute(
-                    "INSERT INTO customers (tenant, customer_id, program_version, tier, reason, points, as_of, doc) "
-                    "VALUES ('t', 'c', 1, 'maker', 'threshold_reached', 120, $1, $2), "
-                    "('t', 'fresh', 1, 'maker', 'threshold_reached', 0, $1, '{}')", T0, old_doc)
-            await migrations.apply(pool, "tiers", MIGRATIONS_DIR)
-            async with pool.acquire() as conn:
-                moved = {(r["customer_id"], r["kind"], r["key"]): r["event_id"]
-                         for r in await conn.fetch("SELECT * FROM rewarded")}
-                doc = await conn.fetchval("SELECT doc FROM customers WHERE customer_id = 'c'")
-                row = await store.load_customer(conn, "t", "c")
-        finally:
-            await pool.close()
-    assert moved == {("c", "o", "o1"): "p1", ("c", "o", "o2"): "p2", ("c", "r", "drill"): "v1",
-                     ("c", "a", "rq1"): None, ("c", "c", "act1"): None, ("c", "c", "act2"): None,
-                     ("c", "g", "rw1"): None}
-    assert json.loads(doc)["d"] == {"m": 1772446200000000, "oo": ["o9"]}
-    assert row is not None and row.derivation is not None
-    assert row.derivation.open_orders == {"o9"} and row.derivation.orders == {}

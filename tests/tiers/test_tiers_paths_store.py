@@ -20,7 +20,13 @@ pytestmark = pytest.mark.integration
 TENANT = "t-paths"
 
 
-async def test_fast_and_full_batches_interleaved_match_the_full_rederivation(pg_admin_dsn: str) -> None:
+@pytest.mark.parametrize("inline", [store.REWARDED_INLINE, 2], ids=["keys-in-document", "keys-spill-to-table"])
+async def test_fast_and_full_batches_interleaved_match_the_full_rederivation(
+    pg_admin_dsn: str, inline: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 2 rewarded keys at most in the document, the customer spills to the rewarded table after the
+    second batch: later fast-path batches probe it (a repeated order and product book 0 points)."""
+    monkeypatch.setattr(store, "REWARDED_INLINE", inline)
     p = program(milestones=[0.5])
     rules = TenantRules(p, p.zone(), "en", "EUR")
     batches: list[tuple[list[domain.Fact], int]] = [  # (facts, customers expected on the full path)
@@ -57,11 +63,14 @@ async def test_fast_and_full_batches_interleaved_match_the_full_rederivation(pg_
                     assert row is not None
                     assert row.state(p) == reference.state
                     assert row.snapshot() == reference.snapshot
-                    # The document's bounded part plus every stored rewarded key = the full derivation.
-                    assert row.derivation is not None
-                    for kind, key, event_id in await conn.fetch(
+                    # The document (and, spilled, the rewarded table) hold the full derivation.
+                    assert row.derivation is not None and reference.derivation is not None
+                    table = await conn.fetch(
                         "SELECT kind, key, event_id FROM rewarded WHERE tenant = $1 AND customer_id = 'c1'", TENANT
-                    ):
+                    )
+                    assert row.spilled == (store.rewarded_size(reference.derivation) > inline)
+                    assert row.spilled or not table
+                    for kind, key, event_id in table:
                         store.add_rewarded(row.derivation, kind, key, event_id)
                     assert row.derivation == reference.derivation
                 stored_facts = (await store.load_facts(conn, TENANT, ["c1"]))["c1"]

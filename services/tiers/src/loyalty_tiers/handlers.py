@@ -215,12 +215,12 @@ class _Batch:
         cause: Envelope | None,
         as_of: datetime,
         prior_keys: Mapping[str, store.EntryKey] | None,
-        rewarded_loaded: AbstractSet[store.RewardedKey] | None = None,
+        rewarded_partial: AbstractSet[store.RewardedKey] | None = None,
     ) -> None:
         """``prior_keys``: the current revisions of the customer's entries (full re-derivation), or None when
-        every entry of ``outcome`` is new (the fast path, a first event). ``rewarded_loaded``: the rewarded
-        keys the fast path loaded (only new ones are written), or None: the derivation is complete and
-        replaces the customer's stored keys."""
+        every entry of ``outcome`` is new (the fast path, a first event). ``rewarded_partial``: the rewarded
+        keys the fast path probed for a spilled customer, or None: the derivation holds all of them
+        (``store.rewarded_write`` decides where they go)."""
         program = self.rules.program
         ledger_rows = self.ledger_rows
         # Append-only ledger: new entries get revision 1, changed ones (a late purchase completing an early
@@ -244,20 +244,15 @@ class _Batch:
                     ledger_rows.append((customer_id, prior[0] + 1, entry, fact))
 
         derivation = outcome.derivation
+        spilled = False
         if derivation is not None:
-            if rewarded_loaded is None:
+            was_spilled = before is not None and before.spilled
+            placed = store.rewarded_write(derivation, rewarded_partial, was_spilled, new_facts)
+            spilled = placed.spilled
+            if placed.replace:
                 self.rewarded_replaced.append(customer_id)
-                self.rewarded += [(customer_id, *r) for r in store.rewarded_rows(derivation)]
-            else:  # the fast path: only the new facts' keys can be new
-                written: set[store.RewardedKey] = set()
-                for fact in new_facts:
-                    key = store.rewarded_key(fact)
-                    if key is not None and key not in rewarded_loaded and key not in written:
-                        held, event_id = store.rewarded_event(derivation, *key)
-                        if held:
-                            written.add(key)
-                            self.rewarded.append((customer_id, key[0], key[1], event_id))
-        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, derivation)
+            self.rewarded += [(customer_id, *r) for r in placed.rows]
+        row = store.CustomerRow.of(customer_id, program, outcome.state, outcome.snapshot, derivation, spilled)
         (self.new_customers if before is None else self.known_customers).append(row)
         counts = self.counts
         ctx = self.ctx
@@ -364,9 +359,10 @@ async def apply_customers(
             fast.append((customer_id, before, state, fresh, cause, as_of))
 
     if fast:
-        # What the fast path's facts ask "rewarded once already?" about: one probe per fact, one query.
-        wanted = [(customer_id, key[0], key[1], None) for customer_id, _, _, fresh, _, _ in fast
-                  for key in map(store.rewarded_key, fresh) if key is not None]
+        # Spilled customers (more rewarded keys than the document keeps): probe the table for the keys
+        # their facts ask "rewarded once already?" about, one primary-key probe each, one query.
+        wanted = [(customer_id, key[0], key[1], None) for customer_id, before, _, fresh, _, _ in fast
+                  if before.spilled for key in map(store.rewarded_key, fresh) if key is not None]
         loaded: dict[str, set[store.RewardedKey]] = {}
         for customer_id, kind, key, event_id in await store.load_rewarded(conn, tenant, wanted):
             derivation = stored[customer_id].derivation
@@ -380,8 +376,8 @@ async def apply_customers(
             if outcome_or_none is None:
                 slow.append(_Pending(customer_id, before, fresh, cause, as_of))
             else:
-                batch.add(customer_id, before, outcome_or_none, fresh, cause, as_of, None,
-                          loaded.get(customer_id, _NOTHING_LOADED))
+                partial = loaded.get(customer_id, _NOTHING_LOADED) if before.spilled else None
+                batch.add(customer_id, before, outcome_or_none, fresh, cause, as_of, None, partial)
 
     if slow:
         counts.full_rederivations = len(slow)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -57,6 +58,9 @@ class CustomerRow:
     derivation: Derivation | None = None
     future: tuple[tuple[int, int], ...] = ()  # balance changes ahead of as_of (epoch micros, delta)
     pending_since: datetime | None = None  # when the pending downgrade's balance shortfall began
+    # The customer's rewarded keys are in the rewarded table, not in the document (more than
+    # REWARDED_INLINE of them); the fast path then probes the table for the keys its facts ask about.
+    spilled: bool = False
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.tier, frozenset(Decimal(m) for m in self.milestones), self.notice_for)
@@ -84,6 +88,7 @@ class CustomerRow:
         state: TierState,
         snapshot: Snapshot,
         derivation: Derivation | None,
+        spilled: bool = False,
     ) -> CustomerRow:
         pending: PendingDowngrade | None = state.pending
         return CustomerRow(
@@ -103,17 +108,21 @@ class CustomerRow:
             derivation=derivation,
             future=state.future,
             pending_since=pending.since if pending else None,
+            spilled=spilled,
         )
 
     def doc_json(self) -> str:
         if self.derivation is None:
             return "{}"
-        return _json({
+        doc: dict[str, Any] = {
             "v": self.program_version,
-            "d": derivation_to_json(self.derivation),
+            "d": derivation_to_json(self.derivation, inline=not self.spilled),
             "f": self.future,
             "ps": micros(self.pending_since) if self.pending_since is not None else None,
-        })
+        }
+        if self.spilled:
+            doc["sp"] = 1
+        return _json(doc)
 
 
 def _json(value: Any) -> str:
@@ -130,11 +139,23 @@ def entry_key(revision: int, entry: Entry) -> EntryKey:
     return (revision, entry.points, micros(entry.counts_from), micros(entry.expires_at))
 
 
-def derivation_to_json(d: Derivation) -> dict[str, Any]:
-    """The bounded part of a derivation, compact keys, empty parts left out. What was rewarded once (orders,
-    products, survey requests, activities, referral rewards) grows with the customer's history and lives in
-    the ``rewarded`` table instead (migration 0007; ``load_rewarded`` / ``rewarded_rows``)."""
+def derivation_to_json(d: Derivation, inline: bool = True) -> dict[str, Any]:
+    """Compact keys, empty parts left out (most customers have a few orders and nothing else).
+
+    ``inline``: with the rewarded sets (orders, products, survey requests, activities, referral rewards);
+    a customer with more than ``REWARDED_INLINE`` of them keeps them in the rewarded table instead."""
     out: dict[str, Any] = {"m": micros(d.member_since) if d.member_since is not None else None}
+    if inline:
+        if d.orders:
+            out["o"] = d.orders
+        if d.reviewed:
+            out["r"] = d.reviewed
+        if d.answered:
+            out["a"] = sorted(d.answered)
+        if d.activities:
+            out["c"] = sorted(d.activities)
+        if d.grants:
+            out["g"] = sorted(d.grants)
     if d.open_orders:
         out["oo"] = sorted(d.open_orders)
     if d.open_rewards:
@@ -147,14 +168,18 @@ def derivation_to_json(d: Derivation) -> dict[str, Any]:
 
 
 def derivation_from_json(data: dict[str, Any]) -> Derivation:
-    """A derivation with empty rewarded sets: ``add_rewarded`` fills in the keys a batch asks about."""
     m = data["m"]
-    member_since = from_micros(m) if m is not None else None
-    if len(data) == 1:  # the common case: nothing open, no caps used
-        return Derivation(member_since, {}, {}, set(), set(), set(), set(), set(), {}, {})
+    if len(data) == 2 and "o" in data:  # the common case: orders only
+        return Derivation(from_micros(m) if m is not None else None, data["o"], {}, set(), set(), set(), set(),
+                          set(), {}, {})
     get = data.get
     return Derivation(
-        member_since=member_since,
+        member_since=from_micros(m) if m is not None else None,
+        orders=get("o") or {},
+        reviewed=get("r") or {},
+        answered=set(get("a") or ()),
+        activities=set(get("c") or ()),
+        grants=set(get("g") or ()),
         open_orders=set(get("oo") or ()),
         open_rewards=set(get("or") or ()),
         cap_day={k: (v[0], v[1]) for k, v in (get("cd") or {}).items()},
@@ -163,6 +188,13 @@ def derivation_from_json(data: dict[str, Any]) -> Derivation:
 
 
 # --- what was rewarded once (migration 0007) ------------------------------------------------------------
+#
+# The sets grow by one id per rewarded fact for the customer's whole life. Up to REWARDED_INLINE of them ride
+# in the status document (no extra I/O: most customers have a handful); beyond that the customer "spills":
+# the keys move to the rewarded table and a batch probes only the keys its own facts ask about, so the
+# per-event cost stops growing with the customer's history.
+
+REWARDED_INLINE = 32
 
 # (kind, key): ("o", order id), ("r", sku), ("a", survey request), ("c", activity), ("g", referral reward)
 RewardedKey = tuple[str, str]
@@ -222,6 +254,47 @@ def rewarded_event(d: Derivation, kind: str, key: str) -> tuple[bool, str | None
     return key in d.grants, None
 
 
+def rewarded_size(d: Derivation) -> int:
+    return len(d.orders) + len(d.reviewed) + len(d.answered) + len(d.activities) + len(d.grants)
+
+
+@dataclass(frozen=True, slots=True)
+class RewardedWrite:
+    """Where a customer's rewarded keys go after a batch: ``spilled`` (the table holds them, the document
+    none), ``rows`` to insert, ``replace`` (delete the customer's table rows first)."""
+
+    spilled: bool
+    rows: list[tuple[str, str, str | None]]
+    replace: bool
+
+
+def rewarded_write(
+    derivation: Derivation,
+    partial: AbstractSet[RewardedKey] | None,
+    was_spilled: bool,
+    new_facts: Sequence[Fact],
+) -> RewardedWrite:
+    """Decide the storage of a customer's rewarded keys (pure; the handler and the tests share it).
+
+    ``partial``: the keys the fast path probed from the table for a spilled customer (the derivation holds
+    those plus what the new facts added); None: the derivation is complete (from the document, or a full
+    re-derivation)."""
+    if partial is not None:  # spilled: only the new facts' keys can be new
+        rows: list[tuple[str, str, str | None]] = []
+        written: set[RewardedKey] = set()
+        for fact in new_facts:
+            key = rewarded_key(fact)
+            if key is not None and key not in partial and key not in written:
+                held, event_id = rewarded_event(derivation, *key)
+                if held:
+                    written.add(key)
+                    rows.append((key[0], key[1], event_id))
+        return RewardedWrite(True, rows, False)
+    if rewarded_size(derivation) > REWARDED_INLINE:  # spills now, or stays spilled after a full re-derivation
+        return RewardedWrite(True, rewarded_rows(derivation), True)
+    return RewardedWrite(False, [], was_spilled)  # inline (a spilled customer's table rows are dropped)
+
+
 async def load_rewarded(
     conn: asyncpg.Connection, tenant: str, wanted: Sequence[tuple[str, str, str, None]]
 ) -> list[tuple[str, str, str, str | None]]:
@@ -270,6 +343,7 @@ def _customer(row: asyncpg.Record) -> CustomerRow:
     derivation = None
     future: tuple[tuple[int, int], ...] = ()
     pending_since = None
+    spilled = "sp" in doc
     if stored is not None and doc.get("v") == program_version:
         derivation = derivation_from_json(stored)
         future = tuple(map(tuple, doc["f"]))
@@ -278,7 +352,7 @@ def _customer(row: asyncpg.Record) -> CustomerRow:
     return CustomerRow(
         customer_id, program_version, tier, since, reason, points, as_of, pending_to, pending_effective_at,
         pending_notice_at, tuple(milestones) if milestones else (), notice_for, next_check_at,
-        derivation, future, pending_since,
+        derivation, future, pending_since, spilled,
     )
 
 
