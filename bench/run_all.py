@@ -22,6 +22,8 @@ from loyalty_suite.stack import LocalStack
 FULL = {
     "kit_bench": ["--events", "50000", "--batch", "1000", "--naive-events", "3000", "--repeat", "3"],
     "tiers_bench": ["--events", "20000", "--customers", "10000,1000000"],
+    # a frequent shopper's history (100 earlier purchases per customer) next to the one-purchase run
+    "tiers_bench:history": ["--events", "20000", "--customers", "10000", "--history", "1,100"],
     "referrals_bench": ["--events", "20000"],
     "surveys_bench": ["--answers", "20000"],
     "notifier_bench": ["--messages", "5000"],
@@ -29,6 +31,7 @@ FULL = {
 QUICK = {
     "kit_bench": ["--events", "5000", "--batch", "500", "--naive-events", "500"],
     "tiers_bench": ["--events", "3000", "--customers", "10000"],
+    "tiers_bench:history": ["--events", "3000", "--customers", "2000", "--history", "1,50"],
     "referrals_bench": ["--events", "3000"],
     "surveys_bench": ["--answers", "3000"],
     "notifier_bench": ["--messages", "500", "--paced-seconds", "2"],
@@ -60,7 +63,8 @@ def main() -> int:
             print(header, end="")
             log.write(header)
             for name in names:
-                cmd = [sys.executable, "-m", f"bench.{name}", *plan[name]]
+                module = name.split(":")[0]  # "tiers_bench:history": another run of tiers_bench
+                cmd = [sys.executable, "-m", f"bench.{module}", *plan[name]]
                 line = f"\n=== {' '.join(cmd[1:])}\n"
                 print(line, end="", flush=True)
                 log.write(line)

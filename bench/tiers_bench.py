@@ -1,6 +1,6 @@
 """Tiers benchmark: PurchaseMade events/s through the tiers service next to the kit's limit pipeline.
 
-    uv run python -m bench.tiers_bench [--events N] [--customers 10000,1000000] [--batch B]
+    uv run python -m bench.tiers_bench [--events N] [--customers 10000,1000000] [--batch B] [--history 1,100]
 
 One process, one broker, one database server (``LOYALTY_KAFKA_BOOTSTRAP`` / ``LOYALTY_PG_DSN``, e.g. from
 ``.stack/dev.env``; without them an embedded stack is started):
@@ -13,7 +13,10 @@ One process, one broker, one database server (``LOYALTY_KAFKA_BOOTSTRAP`` / ``LO
 Before each tiers run (not timed) a fresh database is seeded with COPY: every customer already has one
 earlier purchase (70 % at 300 points, 20 % at 450, 10 % at 920), so the new purchase (~114 points) is a
 no-op for most, crosses the 50 % milestone for some and promotes 10 % to "maker" (TierChanged + a check
-timer). Input events are spread over all customers. The clock runs from the first consumed batch until every
+timer). ``--history H`` (H > 1) seeds every customer with H earlier purchases of 10.00 EUR over the 300 days
+before instead (a frequent shopper; their rewarded order ids spill from the status document to the rewarded
+table above ``store.REWARDED_INLINE``). Input events are spread over all customers; durable timers follow
+event time (the input replays March 2026). The clock runs from the first consumed batch until every
 event is applied and the outbox is empty. RSS is sampled from /proc during the run (the whole bench process);
 "CPU us/event" is this process's CPU time over the run per event (service + bench loop), a steadier figure
 than events/s on a shared machine; the line under the table adds the kit's relay child (which publishes the
@@ -68,6 +71,11 @@ class TiersResult:
     seed_seconds: float
     cpu_seconds: float  # CPU time of this process (service + bench loop) during the timed run
     cpu: CpuUse | None = None  # the same, plus the kit's relay child, the broker and Postgres
+    history: int = 1  # earlier purchases per seeded customer
+
+    @property
+    def label(self) -> str:
+        return f"tiers {self.customers}" + (f" h{self.history}" if self.history > 1 else "")
 
     @property
     def cpu_us_per_event(self) -> float:
@@ -113,26 +121,50 @@ async def prepare_input(bootstrap: str, topic: str, n: int, customers: int) -> N
         await producer.stop()
 
 
-async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: Any) -> None:
-    """COPY `customers` customers with one earlier purchase each (ledger entry with its fact, status row + document)."""
+async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: Any, history: int = 1) -> None:
+    """COPY `customers` customers with one earlier purchase each (ledger entry with its fact, status row + document).
+
+    ``history`` > 1: every customer instead has ``history`` earlier purchases of 10.00 EUR spread over the 300
+    days before (a frequent shopper: ledger rows with their facts, the status document, and the rewarded
+    table's keys when there are more than the document keeps)."""
     templates = []
-    for share, points in SEED_MIX:
-        fact = domain.Purchase("seed", SEED_TIME, "seed-order", "EUR",
-                               (domain.PurchaseLine("1", "tools", 1, points * 100),))
-        outcome = domain.process(program, "x", [fact], None, SEED_TIME, zone)
-        templates += [(fact, outcome)] * share
-    chunk = 20_000  # small chunks keep the bench process RSS (which is measured) low
+    if history > 1:
+        step = timedelta(days=300) / history
+        line = domain.PurchaseLine("1", "tools", 1, 1000)
+        shared = [domain.Purchase(f"seed-{k}", SEED_TIME - step * (history - 1 - k), f"seed-order-{k}", "EUR",
+                                  (line,)) for k in range(history)]
+        outcome = domain.process(program, "x", shared, None, SEED_TIME, zone)
+        derivation = outcome.derivation
+        assert derivation is not None
+        spilled = store.rewarded_size(derivation) > store.REWARDED_INLINE
+        bodies = [json.dumps(domain.fact_to_json(f), separators=(",", ":")) for f in shared]
+    else:
+        for share, points in SEED_MIX:
+            fact = domain.Purchase("seed", SEED_TIME, "seed-order", "EUR",
+                                   (domain.PurchaseLine("1", "tools", 1, points * 100),))
+            templates += [(fact, domain.process(program, "x", [fact], None, SEED_TIME, zone))] * share
+    chunk = max(100, 20_000 // history)  # small chunks keep the bench process RSS (which is measured) low
     async with pool.acquire() as conn:
         for start in range(0, customers, chunk):
-            ledger, rows = [], []
+            ledger, rows, rewarded = [], [], []
             for i in range(start, min(customers, start + chunk)):
                 cid = customer_id(i)
-                fact, outcome = seed_customer(i, *templates[i % len(templates)])
-                e = outcome.entries[0]
-                ledger.append((TENANT, cid, program.version, fact.event_id, 1, e.activity, e.points, e.counts_from,
-                               e.expires_at, e.rule, fact.order_id,
-                               json.dumps(domain.fact_to_json(fact), separators=(",", ":"))))
-                r = store.CustomerRow.of(cid, program, outcome.state, outcome.snapshot, outcome.derivation)
+                if history > 1:
+                    for e, body in zip(outcome.entries, bodies, strict=True):
+                        ledger.append((TENANT, cid, program.version, e.entry_id, 1, e.activity, e.points,
+                                       e.counts_from, e.expires_at, e.rule, e.ref, body))
+                    r = store.CustomerRow.of(cid, program, outcome.state, outcome.snapshot, outcome.derivation,
+                                             spilled)
+                    if spilled:
+                        assert derivation is not None
+                        rewarded += [(TENANT, cid, *k) for k in store.rewarded_rows(derivation)]
+                else:
+                    fact, one = seed_customer(i, *templates[i % len(templates)])
+                    e = one.entries[0]
+                    ledger.append((TENANT, cid, program.version, fact.event_id, 1, e.activity, e.points,
+                                   e.counts_from, e.expires_at, e.rule, fact.order_id,
+                                   json.dumps(domain.fact_to_json(fact), separators=(",", ":"))))
+                    r = store.CustomerRow.of(cid, program, one.state, one.snapshot, one.derivation)
                 rows.append((TENANT, cid, r.program_version, r.tier, r.since, r.reason, r.points, r.as_of,
                              None, None, None, list(r.milestones), None, None, r.doc_json()))
             async with conn.transaction():
@@ -145,10 +177,15 @@ async def seed(pool: asyncpg.Pool, program: TiersProgram, customers: int, zone: 
                     columns=["tenant", "customer_id", "program_version", "tier", "since", "reason", "points",
                              "as_of", "pending_to", "pending_effective_at", "pending_notice_at", "milestones",
                              "notice_for", "next_check_at", "doc"])
+                if rewarded:
+                    await conn.copy_records_to_table(
+                        "rewarded", schema_name="tiers", records=rewarded,
+                        columns=["tenant", "customer_id", "kind", "key", "event_id"])
         # A steady-state table, not a freshly loaded one: set hint bits and the visibility map now, so the
         # timed run does not pay the one-off cost of first touching a million just-copied rows.
         await conn.execute("VACUUM (ANALYZE) tiers.ledger")
         await conn.execute("VACUUM (ANALYZE) tiers.customers")
+        await conn.execute("VACUUM (ANALYZE) tiers.rewarded")
         # Flush the seed's WAL now rather than in a checkpoint during the timed run (needs a superuser DSN).
         await conn.execute("CHECKPOINT")
 
@@ -162,7 +199,9 @@ def seed_customer(i: int, fact: domain.Purchase, outcome: domain.Outcome) -> tup
     return own, replace(outcome, entries=entries, derivation=derivation)
 
 
-async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batch: int) -> TiersResult:
+async def run_tiers(
+    bootstrap: str, admin_dsn: str, n: int, customers: int, batch: int, history: int = 1
+) -> TiersResult:
     run = uuid.uuid4().hex[:8]
     prefix = f"bench-{run}."
     files = load_program_files(PROGRAMS, "tiers", TiersProgram)
@@ -176,7 +215,7 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
             await migrations.apply(pool, "tiers", MIGRATIONS_DIR)
             print(f"[{customers} customers] seeding with COPY ...", file=sys.stderr)
             seeded = time.perf_counter()
-            await seed(pool, program, customers, zone)
+            await seed(pool, program, customers, zone, history)
             seed_seconds = time.perf_counter() - seeded
             print(f"[{customers} customers] seeded in {seed_seconds:.1f}s", file=sys.stderr)
         finally:
@@ -185,6 +224,9 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
             service="tiers", kafka_bootstrap=bootstrap, pg_dsn=dsn, programs_dir=PROGRAMS,
             consumer_group=f"bench-tiers-{run}", topic_prefix=prefix, batch_max_records=batch,
             batch_timeout_ms=50, outbox_poll_interval_s=0.5,
+            # The input replays March 2026 (the samples' time): durable timers (a downgrade check when points
+            # expire) follow that event time, as the main job's do, not this machine's clock.
+            timer_clock="event",
         )
         app, _ = build_app(settings)
         started: list[float] = []
@@ -231,7 +273,7 @@ async def run_tiers(bootstrap: str, admin_dsn: str, n: int, customers: int, batc
             BatchProcessor.finish = original_finish  # type: ignore[method-assign]
             await app.stop()
     return TiersResult(customers, n, ended - started[0], emitted, peak[0], seed_seconds, cpu_ended - cpu_started[0],
-                       cpu)
+                       cpu, history)
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -239,6 +281,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--events", type=int, default=20_000, help="PurchaseMade events per run")
     parser.add_argument("--customers", default="10000,1000000", help="comma-separated customer counts")
     parser.add_argument("--batch", type=int, default=1000, help="max records per consumed batch")
+    parser.add_argument("--history", default="1",
+                        help="comma-separated earlier purchases per customer, run for each customer count "
+                             "(e.g. 1,100: also a frequent shopper's history; the status document is per customer)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = parser.parse_args(argv)
     tune_gc()  # as ServiceApp.run() does in a service process
@@ -247,28 +292,35 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     async with endpoints() as (bootstrap, admin_dsn):
         async with fresh_database(admin_dsn, prefix="bench_limit_") as dsn:
             limit = await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch)
-        results = [await run_tiers(bootstrap, admin_dsn, n, c, args.batch) for c in counts]
+        histories = [int(h) for h in args.history.split(",")]
+        results = [await run_tiers(bootstrap, admin_dsn, n, c, args.batch, h) for c in counts for h in histories]
     print(f"{'pipeline':<16} {'events':>8} {'batch':>6} {'seconds':>8} {'events/s':>10} {'vs limit':>9} "
           f"{'emitted':>8} {'peak RSS MB':>12} {'seed s':>7} {'CPU us/event':>13}")
     print(f"{'limit':<16} {limit.events:>8} {limit.batch:>6} {limit.seconds:>8.2f} {limit.per_second:>10.0f}")
     for r in results:
-        print(f"{'tiers ' + str(r.customers):<16} {r.events:>8} {args.batch:>6} {r.seconds:>8.2f} "
+        print(f"{r.label:<16} {r.events:>8} {args.batch:>6} {r.seconds:>8.2f} "
               f"{r.per_second:>10.0f} {r.per_second / limit.per_second:>9.0%} {r.emitted:>8} "
               f"{r.peak_rss_mb:>12.0f} {r.seed_seconds:>7.1f} {r.cpu_us_per_event:>13.0f}")
     for r in results:
         if r.cpu is not None:
-            print(f"  tiers {r.customers}: {r.cpu.per_event_us(r.events)}")
-    if len(results) >= 2:
-        first, last = results[0], results[-1]
+            print(f"  {r.label}: {r.cpu.per_event_us(r.events)}")
+    plain = [r for r in results if r.history == 1]
+    if len(plain) >= 2:
+        first, last = plain[0], plain[-1]
         print(f"tiers at {last.customers} customers vs {first.customers}: "
               f"{last.per_second / first.per_second:.0%} (target within 20 %)")
+    for r in results:
+        base = next((b for b in plain if b.customers == r.customers), None)
+        if r.history > 1 and base is not None:
+            print(f"tiers at {r.customers} customers, {r.history} earlier purchases each vs 1: "
+                  f"{r.per_second / base.per_second:.0%}")
     print("targets: tiers >= 60 % of limit; RSS <= 300 MB")
     result = {
         "events": n, "batch": args.batch, "limit_per_s": round(limit.per_second),
-        **{f"tiers_{r.customers}_per_s": round(r.per_second) for r in results},
-        **{f"tiers_{r.customers}_vs_limit": round(r.per_second / limit.per_second, 3) for r in results},
-        **{f"tiers_{r.customers}_peak_rss_mb": round(r.peak_rss_mb) for r in results},
-        **{f"tiers_{r.customers}_cpu_us_per_event": round(r.cpu_us_per_event) for r in results},
+        **{f"{r.label.replace(' ', '_')}_per_s": round(r.per_second) for r in results},
+        **{f"{r.label.replace(' ', '_')}_vs_limit": round(r.per_second / limit.per_second, 3) for r in results},
+        **{f"{r.label.replace(' ', '_')}_peak_rss_mb": round(r.peak_rss_mb) for r in results},
+        **{f"{r.label.replace(' ', '_')}_cpu_us_per_event": round(r.cpu_us_per_event) for r in results},
     }
     if args.json:
         print(json.dumps(result))
