@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaAckableMessage
 from loyalty_contracts.catalogue import topic_for, topics_produced_by
 from loyalty_contracts.registry import EVENT_TYPES
 from opentelemetry.sdk.trace import TracerProvider
@@ -97,6 +98,7 @@ class ServiceApp:
         self._commit_wanted = asyncio.Event()
         self._started = False
         self._fastapi: FastAPI | None = None
+        self._subscriber: Any = None  # the batch subscriber (its consumer, for the batch parser)
 
     # --- registration -------------------------------------------------------------------------------
     def batch_handler(self, *ce_types: str) -> Callable[[BatchHandler], BatchHandler]:
@@ -253,14 +255,30 @@ class ServiceApp:
             ack_policy=AckPolicy.MANUAL,
             auto_offset_reset=s.auto_offset_reset,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            parser=self._parse_batch,
             decoder=_no_decode,
         )
+        self._subscriber = subscriber
 
         @subscriber
         async def on_batch(msg: KafkaMessage) -> None:
             await self._on_batch(msg)
 
         return broker
+
+    async def _parse_batch(self, records: tuple[Any, ...]) -> KafkaAckableMessage:
+        """The batch as FastStream's handler sees it, without FastStream's per-record work.
+
+        Its own batch parser turns every record's headers into a dict and its telemetry then extracts W3C
+        baggage and span links from each (~1.7 us per record, ~2 % of a service's CPU); the kit decodes the
+        raw records itself (``_on_batch``), and its events carry their trace context in ``ce_traceparent``.
+        The record values stay as the body (FastStream's metrics count their size)."""
+        first, last = records[0], records[-1]
+        return KafkaAckableMessage(
+            records, [r.value or b"" for r in records],
+            message_id=f"{first.offset}-{last.offset}-{first.timestamp}",
+            consumer=self._subscriber.consumer,
+        )
 
     async def _on_batch(self, msg: Any) -> None:
         """FastStream handler: decode now, queue for the DB stage, return to fetch the next batch.
