@@ -21,9 +21,9 @@ from loyalty_suite.stack import LocalStack
 
 FULL = {
     "kit_bench": ["--events", "50000", "--batch", "1000", "--naive-events", "3000", "--repeat", "3"],
-    "tiers_bench": ["--events", "20000", "--customers", "10000,1000000"],
+    "tiers_bench": ["--events", "20000", "--customers", "10000,1000000", "--repeat", "3"],
     # a frequent shopper's history (100 earlier purchases per customer) next to the one-purchase run
-    "tiers_bench:history": ["--events", "20000", "--customers", "10000", "--history", "1,100"],
+    "tiers_bench:history": ["--events", "20000", "--customers", "10000", "--history", "1,100", "--repeat", "3"],
     "referrals_bench": ["--events", "20000"],
     "surveys_bench": ["--answers", "20000"],
     "notifier_bench": ["--messages", "5000"],

@@ -1,6 +1,7 @@
 """Tiers benchmark: PurchaseMade events/s through the tiers service next to the kit's limit pipeline.
 
     uv run python -m bench.tiers_bench [--events N] [--customers 10000,1000000] [--batch B] [--history 1,100]
+                                       [--repeat R]
 
 One process, one broker, one database server (``LOYALTY_KAFKA_BOOTSTRAP`` / ``LOYALTY_PG_DSN``, e.g. from
 ``.stack/dev.env``; without them an embedded stack is started):
@@ -52,7 +53,7 @@ from loyalty_tiers import domain, store
 from loyalty_tiers.app import MIGRATIONS_DIR, build_app
 from loyalty_tiers.program import TiersProgram
 
-from bench.kit_bench import PURCHASE, CpuMeter, CpuUse, endpoints, run_limit_pipeline
+from bench.kit_bench import PURCHASE, CpuMeter, CpuUse, PipelineResult, endpoints, run_limit_pipeline
 
 TENANT = "acme-diy"
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
@@ -84,6 +85,11 @@ class TiersResult:
     @property
     def per_second(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _median(results: list[Any]) -> Any:
+    """The run with the median events/s (the lower middle one for an even count)."""
+    return sorted(results, key=lambda r: r.per_second)[(len(results) - 1) // 2]
 
 
 def customer_id(i: int) -> str:
@@ -284,16 +290,31 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--history", default="1",
                         help="comma-separated earlier purchases per customer, run for each customer count "
                              "(e.g. 1,100: also a frequent shopper's history; the status document is per customer)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the limit and every tiers run this many times, alternating; report medians")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = parser.parse_args(argv)
     tune_gc()  # as ServiceApp.run() does in a service process
     counts = [int(c) for c in args.customers.split(",")]
+    histories = [int(h) for h in args.history.split(",")]
     n = args.events
+    limits: list[PipelineResult] = []
+    runs: dict[tuple[int, int], list[TiersResult]] = {}
     async with endpoints() as (bootstrap, admin_dsn):
-        async with fresh_database(admin_dsn, prefix="bench_limit_") as dsn:
-            limit = await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch)
-        histories = [int(h) for h in args.history.split(",")]
-        results = [await run_tiers(bootstrap, admin_dsn, n, c, args.batch, h) for c in counts for h in histories]
+        for _ in range(args.repeat):  # each repeat: a fresh limit run, then fresh tiers runs (own input, own DB)
+            async with fresh_database(admin_dsn, prefix="bench_limit_") as dsn:
+                limits.append(await run_limit_pipeline(bootstrap, dsn, n, batch=args.batch))
+            for c in counts:
+                for h in histories:
+                    runs.setdefault((c, h), []).append(await run_tiers(bootstrap, admin_dsn, n, c, args.batch, h))
+    limit = _median(limits)
+    results = [_median(rs) for rs in runs.values()]
+    if args.repeat > 1:
+        print(f"runs (events/s): limit {', '.join(f'{x.per_second:.0f}' for x in limits)}")
+        for rs in runs.values():
+            pairs = ", ".join(f"{r.per_second / x.per_second:.0%}" for r, x in zip(rs, limits, strict=True))
+            print(f"  {rs[0].label}: {', '.join(f'{r.per_second:.0f}' for r in rs)} (vs that repeat's limit: {pairs})")
+        print("(medians below)")
     print(f"{'pipeline':<16} {'events':>8} {'batch':>6} {'seconds':>8} {'events/s':>10} {'vs limit':>9} "
           f"{'emitted':>8} {'peak RSS MB':>12} {'seed s':>7} {'CPU us/event':>13}")
     print(f"{'limit':<16} {limit.events:>8} {limit.batch:>6} {limit.seconds:>8.2f} {limit.per_second:>10.0f}")
