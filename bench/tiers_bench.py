@@ -273,7 +273,14 @@ async def run_tiers(
                 ended = time.perf_counter()
                 cpu_ended = time.process_time()
                 cpu = meters[0].stop() if meters else None
-                emitted = app.relay.published_total
+                # The relay child reports its published count after deleting the rows: let the last report
+                # arrive (not timed) so "emitted" is the count, not a snapshot of it.
+                emitted = -1
+                for _ in range(50):
+                    if app.relay.published_total == emitted:
+                        break
+                    emitted = app.relay.published_total
+                    await asyncio.sleep(0.1)
         finally:
             BatchProcessor.prepare = original_prepare  # type: ignore[method-assign]
             BatchProcessor.finish = original_finish  # type: ignore[method-assign]
