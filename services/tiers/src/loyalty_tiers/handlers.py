@@ -6,7 +6,8 @@ check timer (``tiers.check``) runs the same path with no new facts at the timer'
 Per batch: one advisory-lock statement, one read of the customers' status rows (each carries what the
 in-order fast path continues from), then multi-row writes of ledger rows (with the new facts), statuses,
 history and timers; customers that need the full re-derivation add one read of their facts and one of their
-entries' current revisions.
+entries' current revisions; customers whose rewarded keys spilled out of the status document add one probe of
+the ``rewarded`` table (only the keys the batch's facts ask about) and one insert of the new ones.
 """
 
 from __future__ import annotations
