@@ -235,6 +235,14 @@ class Sender:
         suppressions: list[tuple[SuppressionRow, datetime]] = []
         failures: list[tuple[ClaimedDelivery, str, str]] = []
         reserve: list[tuple[str, str, str, Category, datetime]] = []
+
+        def suppress(d: ClaimedDelivery, reason: str, detail: str) -> None:
+            self.on_outcome(d.channel.value, "suppressed", None)
+            outcomes.append(Outcome(d.id, "suppressed", error=reason))
+            row = SuppressionRow(d.tenant, d.customer_id, d.source_event_id, d.source_event_type, d.template,
+                                 d.category, d.channel, reason, detail)
+            suppressions.append((row, d.source_time))
+
         for d in claimed:
             tenant = self.tenants.get(d.tenant)
             if tenant is None:
@@ -248,24 +256,7 @@ class Sender:
                 customer = customers.get((d.tenant, d.customer_id))
                 withdrawn = still_allowed(customer.profile if customer else None, d.category, d.channel)
                 if withdrawn is not None:
-                    self.on_outcome(d.channel.value, "suppressed", None)
-                    outcomes.append(Outcome(d.id, "suppressed", error=withdrawn.reason.value))
-                    suppressions.append(
-                        (
-                            SuppressionRow(
-                                d.tenant,
-                                d.customer_id,
-                                d.source_event_id,
-                                d.source_event_type,
-                                d.template,
-                                d.category,
-                                d.channel,
-                                withdrawn.reason.value,
-                                withdrawn.detail,
-                            ),
-                            d.source_time,
-                        )
-                    )
+                    suppress(d, withdrawn.reason.value, withdrawn.detail)
                     continue
             if d.id in budgeted:
                 own = history.setdefault((d.tenant, d.customer_id), [])
@@ -273,24 +264,7 @@ class Sender:
                     now = nows[d.tenant]
                     verdict = budget_decision(d.category, (r for _, r in own), now, tenant.budget, tenant.caps)
                     if isinstance(verdict, Suppressed):
-                        self.on_outcome(d.channel.value, "suppressed", None)
-                        outcomes.append(Outcome(d.id, "suppressed", error=verdict.reason.value))
-                        suppressions.append(
-                            (
-                                SuppressionRow(
-                                    d.tenant,
-                                    d.customer_id,
-                                    d.source_event_id,
-                                    d.source_event_type,
-                                    d.template,
-                                    d.category,
-                                    d.channel,
-                                    verdict.reason.value,
-                                    verdict.detail,
-                                ),
-                                d.source_time,
-                            )
-                        )
+                        suppress(d, verdict.reason.value, verdict.detail)
                         continue
                     own.append((d.source_event_id, ContactRecord(now, d.category)))
                     reserve.append((d.tenant, d.customer_id, d.source_event_id, d.category, now))
