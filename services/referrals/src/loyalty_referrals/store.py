@@ -154,6 +154,12 @@ _REFERRAL_COLUMNS = (
 )
 
 
+def _claim(row: asyncpg.Record) -> Claim:
+    """A ``claims`` row (selected with referee_id, referrer_id, source, claimed_at, invitation_id, email_domain)."""
+    return Claim(row["referee_id"], row["referrer_id"], ClaimSource(row["source"]), row["claimed_at"],
+                 row["invitation_id"] or None, row["email_domain"])
+
+
 async def plan_each_call(conn: asyncpg.Connection) -> None:
     """Plan this transaction's statements for their actual arguments (``plan_cache_mode``, transaction-local).
 
@@ -215,16 +221,7 @@ async def load_book(conn: asyncpg.Connection, tenant: str, rules: Rules, needs: 
         tenant,
         referees,
     ):
-        book.claims.setdefault(row["referee_id"], []).append(
-            Claim(
-                row["referee_id"],
-                row["referrer_id"],
-                ClaimSource(row["source"]),
-                row["claimed_at"],
-                row["invitation_id"] or None,
-                row["email_domain"],
-            )
-        )
+        book.claims.setdefault(row["referee_id"], []).append(_claim(row))
 
     for row in await conn.fetch(
         f"SELECT {_REFERRAL_COLUMNS} FROM referrals WHERE tenant = $1 AND referee_id = ANY($2::text[]) "
@@ -311,14 +308,7 @@ async def load_code_waiters(conn: asyncpg.Connection, book: ReferralBook, new_co
             book.tenant,
             waiting,
         ):
-            claim = Claim(
-                row["referee_id"],
-                row["referrer_id"],
-                ClaimSource(row["source"]),
-                row["claimed_at"],
-                row["invitation_id"] or None,
-                row["email_domain"],
-            )
+            claim = _claim(row)
             if claim not in book.claims.setdefault(claim.referee_id, []):
                 book.claims[claim.referee_id].append(claim)
         for row in await conn.fetch(
