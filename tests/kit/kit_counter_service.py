@@ -25,7 +25,9 @@ class Poisoned(Exception):
 
 def build(settings: ServiceSettings, **kwargs: object) -> ServiceApp:
     app = ServiceApp(settings.service, settings, MIGRATIONS, **kwargs)  # type: ignore[arg-type]
-    app.state = {"healed": False, "fired": [], "connection_drops": 0, "committed_events": 0}  # type: ignore[attr-defined]
+    app.state = {  # type: ignore[attr-defined]
+        "healed": False, "fired": [], "connection_drops": 0, "committed_events": 0, "applied_when_fired": [],
+    }
 
     @app.batch_handler(PURCHASE)
     async def on_purchases(ctx: BatchContext) -> None:
@@ -73,6 +75,11 @@ def build(settings: ServiceSettings, **kwargs: object) -> ServiceApp:
     async def on_nudge(ctx: TimerContext, timers: list[Timer]) -> None:
         for timer in timers:
             app.state["fired"].append(timer.key)  # type: ignore[attr-defined]
+            # What the tenant's purchases had reached when this timer fired (event-time clock tests).
+            applied = await ctx.conn.fetchval(
+                "SELECT coalesce(sum(purchases), 0) FROM purchase_counts WHERE tenant = $1", timer.tenant
+            )
+            app.state["applied_when_fired"].append((timer.key, applied))  # type: ignore[attr-defined]
             ctx.emit(
                 TierProgressMilestone(
                     customer_id=timer.payload["customer_id"], occurred_at=timer.due_at, tier="base",

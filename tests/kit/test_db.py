@@ -50,7 +50,7 @@ async def test_migrations_are_idempotent_and_safe_to_run_concurrently(
         assert len(applied) == 1  # one start applied everything; the others waited on the lock, found nothing
         assert applied[0] == [
             "kit:0001_kit_tables", "kit:0002_outbox_header_arrays", "kit:0003_outbox_header_blob",
-            "kit:0004_outbox_null_value",
+            "kit:0004_outbox_null_value", "kit:0005_partition_clocks",
             "service:0001_things", "service:0002_more",
         ]
         assert await migrations.apply(pool, service_name, tmp_path) == []

@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from loyalty_contracts.envelope import Envelope
 from loyalty_contracts.events.tiers import TierProgressMilestone
+from loyalty_contracts.samples import T0, sample, with_customer
 from loyalty_kit import migrations
 from loyalty_kit.db import create_pool
-from loyalty_kit.effects import advance_watermarks, schedule_timer
+from loyalty_kit.effects import clock_now, record_event_times, schedule_timer, settle_watermarks, tenant_watermark
 from loyalty_kit.metrics import KitMetrics
 from loyalty_kit.timers import Timer, TimerContext, TimerLoop
 from opentelemetry.sdk.trace import TracerProvider
@@ -86,33 +88,59 @@ async def test_due_timers_fire_once_across_competing_loops(timer_pool: asyncpg.P
         assert await conn.fetchval("SELECT count(*) FROM outbox") == 60
 
 
+def test_tenant_watermark_is_the_slowest_unread_partition_else_the_newest() -> None:
+    a, b, c = ("retail", 0), ("retail", 1), ("referrals", 0)
+    day = [T0 + timedelta(days=i) for i in range(10)]
+    newest = {a: day[9], b: day[2], c: day[5]}
+    assert tenant_watermark(newest, set()) == day[9]  # every partition read to its end
+    assert tenant_watermark(newest, {b}) == day[2]  # b may still hold events after day 2
+    assert tenant_watermark(newest, {a, c}) == day[5]
+    assert tenant_watermark(newest, {("retail", 7)}) == day[9]  # a partition that never saw the tenant
+    assert tenant_watermark({}, {a}) is None
+
+
+def purchase_at(t: datetime, tenant: str) -> Envelope:
+    data = with_customer(sample("loyalty.PurchaseMade.v1"), "c1", t)
+    return Envelope.new(data, tenant=tenant, source="/test")
+
+
 async def test_event_clock_fires_when_the_tenant_watermark_passes_due_at(
     timer_pool: asyncpg.Pool, service_name: str
 ) -> None:
-    from loyalty_contracts.envelope import Envelope
-    from loyalty_contracts.samples import T0, sample, with_customer
-
-    def purchase_at(t: datetime, tenant: str) -> Envelope:
-        data = with_customer(sample("loyalty.PurchaseMade.v1"), "c1", t)
-        return Envelope.new(data, tenant=tenant, source="/test")
-
+    p0, p1 = ("retail", 0), ("retail", 1)
+    day = [T0 + timedelta(days=i) for i in range(10)]
     async with timer_pool.acquire() as conn:
-        await schedule_timer(
-            conn, kind="nudge", key="k", due_at=T0 + timedelta(days=2), payload={"customer": "c1"}, tenant="acme-diy"
-        )
+        await schedule_timer(conn, kind="nudge", key="k", due_at=day[4], payload={"customer": "c1"}, tenant="acme-diy")
     fired: list[str] = []
     loop = loop_for(timer_pool, service_name, fired, clock="event")
     assert await loop.fire_due() == 0  # no events yet: the tenant's clock is at the epoch
-    async with timer_pool.acquire() as conn:
-        await advance_watermarks(conn, [purchase_at(T0 + timedelta(days=1), "acme-diy")])
-        await advance_watermarks(conn, [purchase_at(T0 + timedelta(days=5), "other-tenant")])
-    assert await loop.fire_due() == 0  # another tenant's time does not move this tenant's clock
-    async with timer_pool.acquire() as conn:
-        await advance_watermarks(conn, [purchase_at(T0 + timedelta(days=3), "acme-diy")])
-        await advance_watermarks(conn, [purchase_at(T0, "acme-diy")])  # late event: clock never goes back
+
+    async def settle(events: list[tuple[tuple[str, int], Envelope]], behind: dict[tuple[str, int], bool]) -> datetime:
+        async with timer_pool.acquire() as conn:
+            await record_event_times(conn, events)
+            await settle_watermarks(conn, behind)
+            return await clock_now(conn, "acme-diy", "event")
+
+    assert await settle([(p0, purchase_at(day[1], "acme-diy")), (p1, purchase_at(day[5], "other-tenant"))],
+                        {p0: False, p1: False}) == day[1]  # another tenant's time does not move this tenant's clock
+    # Partition 1 reaches day 3 with records still unread: nothing earlier than day 3 can still come.
+    assert await settle([(p1, purchase_at(day[3], "acme-diy"))], {p1: True}) == day[3]
+    # Partition 0 runs ahead to day 6, but partition 1 may still hold days 3-6: the clock waits for it.
+    assert await settle([(p0, purchase_at(day[6], "acme-diy"))], {p0: False}) == day[3]
+    assert await loop.fire_due() == 0
+    assert await settle([(p0, purchase_at(day[0], "acme-diy"))], {p0: False}) == day[3]  # a late event: no change
+    assert await settle([], {p1: True}) == day[3]
+    assert await loop.fire_due() == 0
+    # Partition 1 read to its end: the newest time seen anywhere is the clock.
+    assert await settle([], {p1: False}) == day[6]
     assert await loop.fire_due() == 1
     assert fired == ["k"]
     assert await loop.fire_due() == 0
+    async with timer_pool.acquire() as conn:
+        assert await clock_now(conn, "other-tenant", "event") == day[5]
+        # The clock never goes back, even when a partition falls behind again at an earlier time.
+        await settle_watermarks(conn, {p1: True})
+        assert await clock_now(conn, "acme-diy", "event") == day[6]
 
 
 async def test_a_failing_timer_is_retried_later_and_does_not_block_others(

@@ -25,7 +25,14 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from loyalty_kit import inbox, outbox
 from loyalty_kit.db import is_transient_db_error
 from loyalty_kit.dlq import dead_letter_headers
-from loyalty_kit.effects import ClockMode, EffectContext, advance_watermarks, run_committed_callbacks
+from loyalty_kit.effects import (
+    ClockMode,
+    EffectContext,
+    Partition,
+    record_event_times,
+    run_committed_callbacks,
+    settle_watermarks,
+)
 from loyalty_kit.metrics import KitMetrics
 from loyalty_kit.telemetry import UnsampledSpans, context_from_traceparent, is_unsampled, traceparent_of
 
@@ -66,6 +73,9 @@ class PreparedBatch:
     items: list[_Item] = field(default_factory=list)
     undecodable: list[tuple[Any, DecodeError]] = field(default_factory=list)
     ignored: int = 0
+    # Event-time clock: per partition of the batch, whether the consumer knew of records past its last one
+    # (set by the service from the consumer's high watermarks; None: every partition counts as read to its end).
+    behind: dict[Partition, bool] | None = None
 
 
 @dataclass
@@ -172,6 +182,8 @@ class BatchProcessor:
                 await self._dead_letter(rec, exc.reason.value, exc.detail, outcome)
             if batch.items:
                 await self._apply_or_split(batch.items, outcome)
+            if self.clock == "event":
+                await self._settle_clocks(batch)
         finally:
             if self._unsampled is None:
                 for item in batch.items:
@@ -179,6 +191,19 @@ class BatchProcessor:
         self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
         self.metrics.batch_size.observe(len(batch.records))
         return outcome
+
+    async def _settle_clocks(self, batch: PreparedBatch) -> None:
+        """After the whole batch (every slice committed or dead-lettered): move the tenants' event-time clocks.
+
+        Not inside a slice's transaction: a batch split around a failing event commits its first half while
+        the second is still unread, and the clocks must not run ahead of it."""
+        behind = batch.behind
+        if behind is None:
+            behind = {(rec.topic, rec.partition): False for rec in batch.records}
+        async with self.pool.acquire() as conn:
+            await settle_watermarks(conn, behind)
+        if self.on_committed is not None:
+            self.on_committed()  # the clocks moved: timers may be due
 
     async def _apply_or_split(self, items: list[_Item], outcome: BatchOutcome) -> None:
         delay = 0.1
@@ -221,7 +246,7 @@ class BatchProcessor:
             duplicates = len(items) - len(fresh)
             if fresh:
                 if self.clock == "event":
-                    await advance_watermarks(conn, (i.env for i in fresh))
+                    await record_event_times(conn, (((i.record.topic, i.record.partition), i.env) for i in fresh))
                 traceparents = {i.env.id: i.traceparent for i in fresh}
                 buffered: list[Any] = []
                 committed_callbacks: list[Callable[[], None]] = []

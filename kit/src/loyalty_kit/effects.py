@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -30,21 +30,78 @@ def new_event_id() -> str:
 ClockMode = Literal["wall", "event"]
 
 
-async def advance_watermarks(conn: asyncpg.Connection, events: Iterable[Envelope]) -> None:
-    """Move each tenant's event-time watermark forward to the latest event time seen (never back)."""
-    latest: dict[str, datetime] = {}
-    for env in events:
-        if env.tenant not in latest or env.time > latest[env.tenant]:
-            latest[env.tenant] = env.time
-    if not latest:
+Partition = tuple[str, int]  # (topic, partition) of a consumed record
+
+
+def tenant_watermark(newest: Mapping[Partition, datetime], behind: Container[Partition]) -> datetime | None:
+    """A tenant's event-time clock from the newest event time applied per partition (a low watermark).
+
+    While a partition that has seen the tenant still has unread records, an earlier event of the tenant may
+    be waiting there, so the clock stays at the slowest such partition's newest time. Once every partition
+    is read to its end, nothing earlier is waiting: the clock is the newest time seen anywhere. (An event
+    produced later with an older time is late, as it would be under any clock; the rules handle late events.)
+    """
+    waiting = [t for p, t in newest.items() if p in behind]
+    if waiting:
+        return min(waiting)
+    return max(newest.values(), default=None)
+
+
+async def record_event_times(conn: asyncpg.Connection, events: Iterable[tuple[Partition, Envelope]]) -> None:
+    """Remember, per tenant and partition, the newest event time applied (never back); in the batch's
+    transaction. ``settle_watermarks`` turns these into the tenants' clocks."""
+    newest: dict[tuple[str, str, int], datetime] = {}
+    for (topic, partition), env in events:
+        key = (env.tenant, topic, partition)
+        seen = newest.get(key)
+        if seen is None or env.time > seen:
+            newest[key] = env.time
+    if not newest:
         return
     await conn.execute(
-        "INSERT INTO tenant_clocks (tenant, watermark) "
-        "SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
-        "ON CONFLICT (tenant) DO UPDATE SET watermark = GREATEST(tenant_clocks.watermark, EXCLUDED.watermark)",
-        list(latest),
-        list(latest.values()),
+        "INSERT INTO partition_clocks (tenant, topic, partition, newest) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[]) "
+        "ON CONFLICT (tenant, topic, partition) DO UPDATE "
+        "SET newest = GREATEST(partition_clocks.newest, EXCLUDED.newest)",
+        [k[0] for k in newest], [k[1] for k in newest], [k[2] for k in newest], list(newest.values()),
     )
+
+
+async def settle_watermarks(conn: asyncpg.Connection, behind: Mapping[Partition, bool]) -> None:
+    """After a batch: record which of its partitions still have unread records, then move the clock of every
+    tenant seen in them to ``tenant_watermark`` (never back: a timer that fired stays fired)."""
+    if not behind:
+        return
+    topics, partitions = [p[0] for p in behind], [p[1] for p in behind]
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO partition_progress (topic, partition, behind) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::bool[]) "
+            "ON CONFLICT (topic, partition) DO UPDATE SET behind = EXCLUDED.behind",
+            topics, partitions, list(behind.values()),
+        )
+        rows = await conn.fetch(
+            "SELECT c.tenant, c.topic, c.partition, c.newest, COALESCE(p.behind, false) AS behind "
+            "FROM partition_clocks c LEFT JOIN partition_progress p USING (topic, partition) "
+            "WHERE c.tenant IN (SELECT tenant FROM partition_clocks "
+            "                   WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[])))",
+            topics, partitions,
+        )
+        per_tenant: dict[str, tuple[dict[Partition, datetime], set[Partition]]] = {}
+        for r in rows:
+            newest, waiting = per_tenant.setdefault(r["tenant"], ({}, set()))
+            newest[(r["topic"], r["partition"])] = r["newest"]
+            if r["behind"]:
+                waiting.add((r["topic"], r["partition"]))
+        clocks = {tenant: tenant_watermark(newest, waiting) for tenant, (newest, waiting) in per_tenant.items()}
+        settled = {tenant: clock for tenant, clock in clocks.items() if clock is not None}
+        if settled:
+            await conn.execute(
+                "INSERT INTO tenant_clocks (tenant, watermark) "
+                "SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+                "ON CONFLICT (tenant) DO UPDATE SET watermark = GREATEST(tenant_clocks.watermark, EXCLUDED.watermark)",
+                list(settled), list(settled.values()),
+            )
 
 
 async def clock_now(conn: asyncpg.Connection, tenant: str, mode: ClockMode) -> datetime:

@@ -288,7 +288,22 @@ class ServiceApp:
         """
         assert self.processor is not None
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        await self._stage.put((msg.consumer, await self.processor.prepare_in_slices(records)))
+        batch = await self.processor.prepare_in_slices(records)
+        if self.settings.timer_clock == "event":
+            batch.behind = self._behind(msg.consumer, self._last_offsets(records))
+        await self._stage.put((msg.consumer, batch))
+
+    @staticmethod
+    def _behind(consumer: Any, last: dict[tuple[str, int], int]) -> dict[tuple[str, int], bool]:
+        """Per partition of a batch: did the consumer know of records past the batch's last one (its high
+        watermark from the latest fetch)? Those partitions hold the tenants' event-time clocks back."""
+        behind: dict[tuple[str, int], bool] = {}
+        for (topic, partition), offset in last.items():
+            highwater = None
+            with contextlib.suppress(Exception):
+                highwater = consumer.highwater(TopicPartition(topic, partition))
+            behind[(topic, partition)] = highwater is not None and highwater > offset + 1
+        return behind
 
     async def _db_stage(self) -> None:
         assert self.processor is not None

@@ -3,7 +3,8 @@
 The loop claims due rows with ``FOR UPDATE SKIP LOCKED`` (replicas share the work, a row fires once), runs
 the registered handler of each kind with a TimerContext whose ``emit`` writes outbox rows in the same
 transaction, and deletes the fired rows in that transaction. "Due" means ``due_at <= clock(tenant)``: the
-wall clock, or the tenant's event-time watermark (``timer_clock=event``).
+wall clock, or the tenant's event-time watermark (``timer_clock=event``; a low watermark across the consumed
+partitions, settled after each batch: ``effects.settle_watermarks``).
 
 A handler that fails for a claimed group is retried one timer at a time; a timer that still fails gets
 ``attempts + 1``, ``last_error`` and a wall-clock ``retry_at`` with exponential backoff (never dropped).
