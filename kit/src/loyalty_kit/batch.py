@@ -104,8 +104,11 @@ class BatchProcessor:
         topic_prefix: str = "",
         source: str | None = None,
         on_committed: Callable[[], None] | None = None,
+        on_settle: Callable[[dict[Partition, bool]], None] | None = None,
         max_backoff_s: float = 10.0,
     ) -> None:
+        """``on_settle``: with the event clock, hand each finished batch's partition flags to this (the
+        service's settler task, off the DB stage) instead of settling the tenants' clocks before returning."""
         self.service = service
         self.pool = pool
         self.handlers = handlers
@@ -117,6 +120,7 @@ class BatchProcessor:
         self.topic_prefix = topic_prefix
         self.source = source or f"/loyalty/{service}"
         self.on_committed = on_committed
+        self.on_settle = on_settle
         self.max_backoff_s = max_backoff_s
         # Without an exporter nothing records spans: skip the SDK and only hand out span ids (see telemetry).
         self._unsampled = UnsampledSpans() if is_unsampled(tracer) else None
@@ -183,7 +187,16 @@ class BatchProcessor:
             if batch.items:
                 await self._apply_or_split(batch.items, outcome)
             if self.clock == "event":
-                await self._settle_clocks(batch)
+                # After the whole batch (every slice committed or dead-lettered), not inside a slice's
+                # transaction: a batch split around a failing event commits its first half while the second
+                # is still unapplied, and the clocks must not run ahead of it.
+                behind = batch.behind
+                if behind is None:
+                    behind = {(rec.topic, rec.partition): False for rec in batch.records}
+                if self.on_settle is not None:
+                    self.on_settle(behind)
+                else:
+                    await self.settle_clocks(behind)
         finally:
             if self._unsampled is None:
                 for item in batch.items:
@@ -192,14 +205,8 @@ class BatchProcessor:
         self.metrics.batch_size.observe(len(batch.records))
         return outcome
 
-    async def _settle_clocks(self, batch: PreparedBatch) -> None:
-        """After the whole batch (every slice committed or dead-lettered): move the tenants' event-time clocks.
-
-        Not inside a slice's transaction: a batch split around a failing event commits its first half while
-        the second is still unread, and the clocks must not run ahead of it."""
-        behind = batch.behind
-        if behind is None:
-            behind = {(rec.topic, rec.partition): False for rec in batch.records}
+    async def settle_clocks(self, behind: dict[Partition, bool]) -> None:
+        """Move the event-time clocks of the tenants seen in these partitions (``effects.settle_watermarks``)."""
         async with self.pool.acquire() as conn:
             await settle_watermarks(conn, behind)
         if self.on_committed is not None:

@@ -96,6 +96,8 @@ class ServiceApp:
         self._stage: asyncio.Queue[tuple[Any, PreparedBatch]] = asyncio.Queue(maxsize=1)
         self._pending_offsets: dict[Any, dict[TopicPartition, int]] = {}
         self._commit_wanted = asyncio.Event()
+        self._pending_settle: dict[tuple[str, int], bool] = {}  # event clock: partition flags not yet settled
+        self._settle_wanted = asyncio.Event()
         self._started = False
         self._fastapi: FastAPI | None = None
         self._subscriber: Any = None  # the batch subscriber (its consumer, for the batch parser)
@@ -215,6 +217,7 @@ class ServiceApp:
             service=self.name, pool=self.pool, handlers=self._batch_handlers,
             tracer=self.tracer, metrics=self.metrics, dlq_topic=self.dlq_topic, clock=s.timer_clock,
             known_tenants=self.known_tenants, topic_prefix=s.topic_prefix, on_committed=after_batch_commit,
+            on_settle=self._queue_settle,
         )
         self._tasks = [
             asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"),
@@ -222,6 +225,7 @@ class ServiceApp:
             asyncio.create_task(self._housekeeping(), name=f"{self.name}-housekeeping"),
             asyncio.create_task(self._db_stage(), name=f"{self.name}-batch-db-stage"),
             asyncio.create_task(self._offset_committer(), name=f"{self.name}-offset-committer"),
+            asyncio.create_task(self._clock_settler(), name=f"{self.name}-clock-settler"),
         ]
         if self._batch_handlers:
             self.broker = self._make_broker()
@@ -344,6 +348,35 @@ class ServiceApp:
             pending[TopicPartition(topic, partition)] = offset + 1
         self._commit_wanted.set()
 
+    def _queue_settle(self, behind: dict[tuple[str, int], bool]) -> None:
+        """Event clock: hand a finished batch's partition flags to the settler task and go on with the next
+        batch (settling in the DB stage cost it five round trips per batch). Newer flags replace older ones."""
+        self._pending_settle.update(behind)
+        self._settle_wanted.set()
+
+    async def _clock_settler(self) -> None:
+        while True:
+            await self._settle_wanted.wait()
+            await self._settle_pending()
+
+    async def _settle_pending(self) -> None:
+        assert self.processor is not None and self.timers is not None
+        self._settle_wanted.clear()
+        pending, self._pending_settle = self._pending_settle, {}
+        if not pending:
+            return
+        try:
+            await self.processor.settle_clocks(pending)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Settling again later gives the same clocks (recomputed from the tables): keep the flags, retry.
+            log.warning("event clock settle failed; retrying", extra={"error": type(exc).__name__})
+            for partition, flag in pending.items():
+                self._pending_settle.setdefault(partition, flag)
+            await asyncio.sleep(1.0)
+            self._settle_wanted.set()
+
     async def _offset_committer(self) -> None:
         while True:
             await self._commit_wanted.wait()
@@ -402,6 +435,10 @@ class ServiceApp:
         if self.broker is not None:
             await self.broker.stop()
             self.broker = None
+        if self._pending_settle:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._settle_pending()  # the last batches' clocks, before the pool closes
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
