@@ -83,3 +83,26 @@ async def test_fast_and_full_batches_interleaved_match_the_full_rederivation(
     # Latest revision of every entry = the full re-derivation's entries; the refund's purchase was re-booked.
     assert {k: v[1:] for k, v in keys.items()} == {e.entry_id: store.entry_key(0, e)[1:] for e in final.entries}
     assert keys["r2"][1] < 0
+
+
+async def test_status_documents_are_compressed_with_lz4(pg_admin_dsn: str) -> None:
+    """Migration 0008: a frequent shopper's document (past Postgres' ~2 KB threshold) is compressed on every
+    write; lz4 instead of pglz saved ~18 us of Postgres CPU per event at 100 earlier purchases (A/B in the
+    tiers README). The local stack's Postgres is built with lz4, so the migration must have taken effect."""
+    async with fresh_database(pg_admin_dsn, prefix="tiers_lz4_") as dsn:
+        pool = await create_pool(dsn, "tiers", min_size=1, max_size=1)
+        try:
+            await migrations.apply(pool, "tiers", MIGRATIONS_DIR)
+            async with pool.acquire() as conn:
+                method = await conn.fetchval(
+                    "SELECT attcompression FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attname = 'doc'"
+                )
+                assert method == b"l", f"customers.doc compression is {method!r}, not lz4"
+                await conn.execute(
+                    "INSERT INTO customers (tenant, customer_id, program_version, tier, reason, points, as_of, doc) "
+                    "VALUES ('t', 'c', 1, 'novice', 'start', 0, now(), $1)",
+                    '{"f":[' + ",".join(f"[{1777458600000000 + i * 259200000000},-10]" for i in range(100)) + "]}",
+                )
+                assert await conn.fetchval("SELECT pg_column_compression(doc) FROM customers") == "lz4"
+        finally:
+            await pool.close()
