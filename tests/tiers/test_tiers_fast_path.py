@@ -269,3 +269,31 @@ def downgrade_streams(draw: st.DrawFn) -> tuple[TiersProgram, list[Step]]:
 def test_fast_path_agrees_through_pending_and_applied_downgrades(case: tuple[TiersProgram, list[Step]]) -> None:
     p, steps = case
     _check_stream(p, steps)
+
+
+def test_status_documents_of_both_formats_read_alike_and_an_unknown_format_takes_the_full_path() -> None:
+    """Format 2 writes the balance changes ahead flat under "d2"; format-1 documents ("d", pairs) written
+    before stay readable, and a format this reader does not know (a newer replica's, during a rolling
+    deploy) yields no derivation, so the customer takes the full re-derivation instead of misreading it."""
+    import json
+
+    p = program(milestones=[0.5])
+    facts = [purchase(f"p{i}", at(i * 3), f"o{i}") for i in range(12)] + [refund("r1", at(40), "o3", full=True)]
+    outcome = process(p, "c1", facts, None, at(40))
+    row = store.CustomerRow.of("c1", p, outcome.state, outcome.snapshot, outcome.derivation, False)
+    assert len(row.future) >= 10  # every purchase's expiry is still ahead
+    columns = (row.customer_id, row.program_version, row.tier, row.since, row.reason, row.points, row.as_of,
+               row.pending_to, row.pending_effective_at, row.pending_notice_at, list(row.milestones),
+               row.notice_for, row.next_check_at)
+    doc = json.loads(row.doc_json())
+    assert "d2" in doc and "d" not in doc and doc["f"] == [x for change in row.future for x in change]
+    current = store._customer((*columns, row.doc_json()))
+    assert current.future == row.future and current.derivation == row.derivation
+    assert current.state(p) == outcome.state
+
+    format_1 = {k: v for k, v in doc.items() if k not in ("d2", "f")} | {"d": doc["d2"], "f": list(row.future)}
+    assert store._customer((*columns, json.dumps(format_1))) == current
+
+    newer = {k: v for k, v in doc.items() if k != "d2"} | {"d3": doc["d2"]}
+    unknown = store._customer((*columns, json.dumps(newer)))
+    assert unknown.derivation is None and unknown.state(p) is None

