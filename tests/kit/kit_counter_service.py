@@ -75,9 +75,10 @@ def build(settings: ServiceSettings, **kwargs: object) -> ServiceApp:
     async def on_nudge(ctx: TimerContext, timers: list[Timer]) -> None:
         for timer in timers:
             app.state["fired"].append(timer.key)  # type: ignore[attr-defined]
-            # What the tenant's purchases had reached when this timer fired (event-time clock tests).
+            # How many of the timer's customer's purchases were applied when it fired (event-time clock tests).
             applied = await ctx.conn.fetchval(
-                "SELECT coalesce(sum(purchases), 0) FROM purchase_counts WHERE tenant = $1", timer.tenant
+                "SELECT coalesce(sum(purchases), 0) FROM purchase_counts WHERE tenant = $1 AND customer_id = $2",
+                timer.tenant, timer.payload["customer_id"],
             )
             app.state["applied_when_fired"].append((timer.key, applied))  # type: ignore[attr-defined]
             ctx.emit(

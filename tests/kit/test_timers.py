@@ -95,8 +95,10 @@ def test_tenant_watermark_is_the_slowest_unread_partition_else_the_newest() -> N
     assert tenant_watermark(newest, set()) == day[9]  # every partition read to its end
     assert tenant_watermark(newest, {b}) == day[2]  # b may still hold events after day 2
     assert tenant_watermark(newest, {a, c}) == day[5]
-    assert tenant_watermark(newest, {("retail", 7)}) == day[9]  # a partition that never saw the tenant
+    # A partition behind that never showed the tenant (not read yet): its events could be any time: hold.
+    assert tenant_watermark(newest, {b, ("retail", 7)}) is None
     assert tenant_watermark({}, {a}) is None
+    assert tenant_watermark({}, set()) is None
 
 
 def purchase_at(t: datetime, tenant: str) -> Envelope:
@@ -141,6 +143,14 @@ async def test_event_clock_fires_when_the_tenant_watermark_passes_due_at(
         # The clock never goes back, even when a partition falls behind again at an earlier time.
         await settle_watermarks(conn, {p1: True})
         assert await clock_now(conn, "acme-diy", "event") == day[6]
+        # A topic the service no longer consumes keeps a partition "behind" for ever: it holds the clock only
+        # until the service says which topics it consumes.
+        gone = ("retired-topic", 0)
+        await record_event_times(conn, [(gone, purchase_at(day[7], "acme-diy")), (p0, purchase_at(day[9], "acme-diy"))])
+        await settle_watermarks(conn, {gone: True, p0: False, p1: False})
+        assert await clock_now(conn, "acme-diy", "event") == day[7]
+        await settle_watermarks(conn, {p0: False}, consumed=["retail"])
+        assert await clock_now(conn, "acme-diy", "event") == day[9]
 
 
 async def test_a_failing_timer_is_retried_later_and_does_not_block_others(

@@ -205,10 +205,10 @@ class BatchProcessor:
         self.metrics.batch_size.observe(len(batch.records))
         return outcome
 
-    async def settle_clocks(self, behind: dict[Partition, bool]) -> None:
+    async def settle_clocks(self, behind: dict[Partition, bool], consumed: Sequence[str] | None = None) -> None:
         """Move the event-time clocks of the tenants seen in these partitions (``effects.settle_watermarks``)."""
         async with self.pool.acquire() as conn:
-            await settle_watermarks(conn, behind)
+            await settle_watermarks(conn, behind, consumed)
         if self.on_committed is not None:
             self.on_committed()  # the clocks moved: timers may be due
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -33,15 +33,23 @@ ClockMode = Literal["wall", "event"]
 Partition = tuple[str, int]  # (topic, partition) of a consumed record
 
 
-def tenant_watermark(newest: Mapping[Partition, datetime], behind: Container[Partition]) -> datetime | None:
-    """A tenant's event-time clock from the newest event time applied per partition (a low watermark).
+def tenant_watermark(newest: Mapping[Partition, datetime], behind: Iterable[Partition]) -> datetime | None:
+    """A tenant's event-time clock (a low watermark) from the newest event time applied per partition and the
+    partitions that still have unread records; None: hold the clock where it is.
 
-    While a partition that has seen the tenant still has unread records, an earlier event of the tenant may
-    be waiting there, so the clock stays at the slowest such partition's newest time. Once every partition
-    is read to its end, nothing earlier is waiting: the clock is the newest time seen anywhere. (An event
-    produced later with an older time is late, as it would be under any clock; the rules handle late events.)
+    An unread record in a partition may be an earlier event of the tenant, so while any partition is behind the
+    clock is the slowest such partition's newest time for the tenant; a partition behind that has never shown
+    the tenant (typically one not read yet when a replay starts) holds the clock altogether, since nothing says
+    when its events are. Once every partition is read to its end, nothing earlier is waiting: the clock is the
+    newest time seen anywhere. (An event produced later with an older time is late, as under any clock; the
+    rules handle late events.)
     """
-    waiting = [t for p, t in newest.items() if p in behind]
+    waiting: list[datetime] = []
+    for partition in behind:
+        seen = newest.get(partition)
+        if seen is None:
+            return None
+        waiting.append(seen)
     if waiting:
         return min(waiting)
     return max(newest.values(), default=None)
@@ -67,33 +75,41 @@ async def record_event_times(conn: asyncpg.Connection, events: Iterable[tuple[Pa
     )
 
 
-async def settle_watermarks(conn: asyncpg.Connection, behind: Mapping[Partition, bool]) -> None:
-    """After a batch: record which of its partitions still have unread records, then move the clock of every
-    tenant seen in them to ``tenant_watermark`` (never back: a timer that fired stays fired)."""
+async def settle_watermarks(
+    conn: asyncpg.Connection, behind: Mapping[Partition, bool], consumed: Sequence[str] | None = None
+) -> None:
+    """Record which partitions still have unread records (the service passes every partition assigned to it,
+    after each batch), then move every tenant's clock to ``tenant_watermark`` (never back: a timer that fired
+    stays fired). Other replicas' partitions count with the flags they last recorded.
+
+    ``consumed``: the topics the service consumes now; rows of other topics (one it no longer consumes) are
+    left out, so a partition nobody reads any more cannot hold a tenant's clock back for ever."""
     if not behind:
         return
-    topics, partitions = [p[0] for p in behind], [p[1] for p in behind]
+    topics = None if consumed is None else list(consumed)
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO partition_progress (topic, partition, behind) "
             "SELECT * FROM unnest($1::text[], $2::int[], $3::bool[]) "
             "ON CONFLICT (topic, partition) DO UPDATE SET behind = EXCLUDED.behind",
-            topics, partitions, list(behind.values()),
+            [p[0] for p in behind], [p[1] for p in behind], list(behind.values()),
         )
-        rows = await conn.fetch(
-            "SELECT c.tenant, c.topic, c.partition, c.newest, COALESCE(p.behind, false) AS behind "
-            "FROM partition_clocks c LEFT JOIN partition_progress p USING (topic, partition) "
-            "WHERE c.tenant IN (SELECT tenant FROM partition_clocks "
-            "                   WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[])))",
-            topics, partitions,
-        )
-        per_tenant: dict[str, tuple[dict[Partition, datetime], set[Partition]]] = {}
-        for r in rows:
-            newest, waiting = per_tenant.setdefault(r["tenant"], ({}, set()))
-            newest[(r["topic"], r["partition"])] = r["newest"]
-            if r["behind"]:
-                waiting.add((r["topic"], r["partition"]))
-        clocks = {tenant: tenant_watermark(newest, waiting) for tenant, (newest, waiting) in per_tenant.items()}
+        waiting = [
+            (r["topic"], r["partition"])
+            for r in await conn.fetch(
+                "SELECT topic, partition FROM partition_progress "
+                "WHERE behind AND ($1::text[] IS NULL OR topic = ANY($1::text[]))",
+                topics,
+            )
+        ]
+        per_tenant: dict[str, dict[Partition, datetime]] = {}
+        for r in await conn.fetch(
+            "SELECT tenant, topic, partition, newest FROM partition_clocks "
+            "WHERE $1::text[] IS NULL OR topic = ANY($1::text[])",
+            topics,
+        ):
+            per_tenant.setdefault(r["tenant"], {})[(r["topic"], r["partition"])] = r["newest"]
+        clocks = {tenant: tenant_watermark(newest, waiting) for tenant, newest in per_tenant.items()}
         settled = {tenant: clock for tenant, clock in clocks.items() if clock is not None}
         if settled:
             await conn.execute(

@@ -294,20 +294,24 @@ class ServiceApp:
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         batch = await self.processor.prepare_in_slices(records)
         if self.settings.timer_clock == "event":
-            batch.behind = self._behind(msg.consumer, self._last_offsets(records))
+            batch.behind = await self._partition_flags(msg.consumer)
         await self._stage.put((msg.consumer, batch))
 
     @staticmethod
-    def _behind(consumer: Any, last: dict[tuple[str, int], int]) -> dict[tuple[str, int], bool]:
-        """Per partition of a batch: did the consumer know of records past the batch's last one (its high
-        watermark from the latest fetch)? Those partitions hold the tenants' event-time clocks back."""
-        behind: dict[tuple[str, int], bool] = {}
-        for (topic, partition), offset in last.items():
-            highwater = None
-            with contextlib.suppress(Exception):
-                highwater = consumer.highwater(TopicPartition(topic, partition))
-            behind[(topic, partition)] = highwater is not None and highwater > offset + 1
-        return behind
+    async def _partition_flags(consumer: Any) -> dict[tuple[str, int], bool]:
+        """Event clock: for every partition assigned to this consumer, whether it has records not yet handed
+        out (its high watermark from the latest fetch past the consumer's position). Taken when a batch is
+        handed out, settled once that batch is applied: every record handed out before it is applied by then.
+        An unknown high watermark or position counts as behind (a partition not fetched yet)."""
+        flags: dict[tuple[str, int], bool] = {}
+        for tp in list(consumer.assignment()):
+            try:
+                highwater = consumer.highwater(tp)
+                position = await consumer.position(tp) if highwater is not None else None
+            except Exception:  # revoked meanwhile (a rebalance): its next owner reports it
+                continue
+            flags[(tp.topic, tp.partition)] = highwater is None or position is None or highwater > position
+        return flags
 
     async def _db_stage(self) -> None:
         assert self.processor is not None
@@ -366,7 +370,7 @@ class ServiceApp:
         if not pending:
             return
         try:
-            await self.processor.settle_clocks(pending)
+            await self.processor.settle_clocks(pending, self.consumed_topics)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
