@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Container, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -224,8 +224,10 @@ class ServiceApp:
             asyncio.create_task(self.timers.run(), name=f"{self.name}-timers"),
             asyncio.create_task(self._housekeeping(), name=f"{self.name}-housekeeping"),
             asyncio.create_task(self._db_stage(), name=f"{self.name}-batch-db-stage"),
-            asyncio.create_task(self._offset_committer(), name=f"{self.name}-offset-committer"),
-            asyncio.create_task(self._clock_settler(), name=f"{self.name}-clock-settler"),
+            asyncio.create_task(self._run_when_set(self._commit_wanted, self._commit_pending),
+                                name=f"{self.name}-offset-committer"),
+            asyncio.create_task(self._run_when_set(self._settle_wanted, self._settle_pending),
+                                name=f"{self.name}-clock-settler"),
         ]
         if self._batch_handlers:
             self.broker = self._make_broker()
@@ -358,11 +360,6 @@ class ServiceApp:
         self._pending_settle.update(behind)
         self._settle_wanted.set()
 
-    async def _clock_settler(self) -> None:
-        while True:
-            await self._settle_wanted.wait()
-            await self._settle_pending()
-
     async def _settle_pending(self) -> None:
         assert self.processor is not None and self.timers is not None
         self._settle_wanted.clear()
@@ -381,10 +378,13 @@ class ServiceApp:
             await asyncio.sleep(1.0)
             self._settle_wanted.set()
 
-    async def _offset_committer(self) -> None:
+    @staticmethod
+    async def _run_when_set(wanted: asyncio.Event, action: Callable[[], Awaitable[None]]) -> None:
+        """A task that runs ``action`` whenever ``wanted`` is set; ``action`` clears it first, so requests
+        made while it runs coalesce into one more run (the offset committer, the clock settler)."""
         while True:
-            await self._commit_wanted.wait()
-            await self._commit_pending()
+            await wanted.wait()
+            await action()
 
     async def _commit_pending(self) -> None:
         self._commit_wanted.clear()
