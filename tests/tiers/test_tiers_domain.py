@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from loyalty_tiers import domain
 from loyalty_tiers.domain import (
     Carry,
     DowngradeNotice,
@@ -379,3 +380,26 @@ def test_check_timer_key_is_the_same_for_the_same_instant_in_any_offset() -> Non
 
     berlin = datetime(2027, 1, 1, tzinfo=ZoneInfo("Europe/Berlin"))
     assert timer_key("t", "c", berlin) == timer_key("t", "c", berlin.astimezone(UTC))
+
+
+def test_several_facts_in_one_batch_announce_every_step_as_one_batch_each_would() -> None:
+    """Six purchases take a new customer from novice through maker to expert. Announced step by step, the
+    customer hears of both promotions and of each tier's milestone, whether the purchases arrive in one
+    batch (a fast replay) or one by one (live traffic); only the state used to be batch-independent."""
+    p = program(milestones=[0.5])
+    facts = [purchase(f"p{i}", at(i), f"o{i}") for i in range(6)]
+    one_batch = domain.process_each(p, "c", facts, None, at(6))
+    snapshot, one_by_one = None, []
+    for i in range(len(facts)):
+        step = domain.process(p, "c", facts[: i + 1], snapshot, at(6) if i == len(facts) - 1 else at(i))
+        snapshot, one_by_one = step.snapshot, one_by_one + step.effects
+    assert one_batch.effects == one_by_one
+    assert [(type(e).__name__, getattr(e, "to_tier", None) or getattr(e, "next_tier", None)) for e in one_by_one] == [
+        ("TierChange", "maker"), ("Milestone", "expert"), ("TierChange", "expert"), ("Milestone", "guru"),
+    ]
+    milestone_times = [e.at for e in one_batch.effects if isinstance(e, domain.Milestone)]
+    assert milestone_times == [e.at for e in one_by_one if isinstance(e, domain.Milestone)]
+    assert milestone_times[0] == at(1)  # when it was reached, not when the batch was applied (at(6))
+    collapsed = domain.process(p, "c", facts, None, at(6))
+    assert collapsed.state == one_batch.state and collapsed.snapshot.tier == one_batch.snapshot.tier
+    assert [type(e).__name__ for e in collapsed.effects] == ["TierChange", "Milestone"]  # the old behaviour

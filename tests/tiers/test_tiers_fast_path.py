@@ -10,6 +10,7 @@ completes an early correction), the stream continues from the full re-derivation
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,11 +21,13 @@ from loyalty_tiers import store
 from loyalty_tiers.domain import (
     Community,
     Derivation,
+    Effect,
     Fact,
     Outcome,
     Snapshot,
     TierState,
     advance,
+    advance_each,
     process,
 )
 from loyalty_tiers.program import TiersProgram
@@ -180,7 +183,26 @@ def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
                     if key is not None and key in table:
                         store.add_rewarded(row.derivation, *key, table[key])
                         partial.add(key)
+            stepwise = advance_each(p, "c1", copy.deepcopy(row.derivation), state, new, snapshot, as_of)
             fast = advance(p, "c1", row.derivation, state, new, snapshot, as_of)
+            assert (stepwise is None) == (fast is None)
+            if stepwise is not None and fast is not None:
+                # One moment at a time: the same entries, state and derivation; the effects and snapshot of
+                # ``process`` run once per moment (what one batch per moment would have announced).
+                assert stepwise.entries == fast.entries and stepwise.state == fast.state
+                assert stepwise.derivation == fast.derivation
+                reference_effects: list[Effect] = []
+                reference_snapshot, known = snapshot, list(facts)
+                moments = sorted({f.occurred_at for f in new})
+                for i, moment in enumerate(moments):
+                    known += [f for f in new if f.occurred_at == moment]
+                    step = process(p, "c1", known, reference_snapshot, as_of if i == len(moments) - 1 else moment)
+                    reference_effects += step.effects
+                    reference_snapshot = step.snapshot
+                if not moments:
+                    reference_effects, reference_snapshot = full.effects, full.snapshot
+                assert stepwise.effects == reference_effects
+                assert stepwise.snapshot == reference_snapshot
             if fast is not None:
                 by_id = {e.entry_id: e for e in full.entries}
                 assert fast.entries == [by_id[f.event_id] for f in sorted(new, key=_sort_key)]
@@ -190,7 +212,8 @@ def _check_stream(p: TiersProgram, steps: list[Step]) -> None:
                 assert _bounded(fast.derivation) == _bounded(full.derivation)
                 if not row.spilled:
                     assert fast.derivation == full.derivation
-                outcome = fast
+                assert stepwise is not None
+                outcome = stepwise  # what the handler stores and announces
         if outcome is full:
             partial = None  # the full re-derivation knows every key
         assert outcome.derivation is not None and full.derivation is not None

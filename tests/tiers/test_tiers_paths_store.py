@@ -3,6 +3,7 @@ every fact gives, and the stored facts (on ledger rows) and entry revisions are 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import pytest
@@ -104,5 +105,50 @@ async def test_status_documents_are_compressed_with_lz4(pg_admin_dsn: str) -> No
                     '{"f":[' + ",".join(f"[{1777458600000000 + i * 259200000000},-10]" for i in range(100)) + "]}",
                 )
                 assert await conn.fetchval("SELECT pg_column_compression(doc) FROM customers") == "lz4"
+        finally:
+            await pool.close()
+
+
+async def test_one_batch_of_several_purchases_records_every_promotion(pg_admin_dsn: str) -> None:
+    """The handler over real Postgres: a new customer (first-event path) gets six purchases in one batch and is
+    promoted twice (novice -> maker -> expert); a known customer (fast path, already a maker) gets five and is
+    promoted once. The tier history and the emitted events show every step, as one batch per purchase would."""
+    p = program(milestones=[0.5])
+    rules = TenantRules(p, p.zone(), "en", "EUR")
+    facts = [purchase(f"p{i}", at(i), f"o{i}") for i in range(6)]
+    known = [purchase(f"k{i}", at(i), f"ko{i}") for i in range(6)]
+    async with fresh_database(pg_admin_dsn, prefix="tiers_steps_") as dsn:
+        pool = await create_pool(dsn, "tiers", min_size=1, max_size=1)
+        try:
+            await migrations.apply(pool, "tiers", MIGRATIONS_DIR)
+            async with pool.acquire() as conn:
+                async with conn.transaction():  # the known customer's first purchase, alone: a maker
+                    ctx = EffectContext(conn, service="tiers", source="/test", clock="event")
+                    await apply_customers(ctx, TENANT, rules, {"known": [(known[0], None)]})
+                async with conn.transaction():
+                    ctx = EffectContext(conn, service="tiers", source="/test", clock="event")
+                    counts = await apply_customers(
+                        ctx, TENANT, rules, {"new": [(f, None) for f in facts], "known": [(f, None) for f in known[1:]]}
+                    )
+                assert counts.full_rederivations == 0
+                assert sorted(counts.changed_to) == ["expert", "expert", "maker"]
+                history = await conn.fetch(
+                    "SELECT customer_id, from_tier, to_tier, effective_at FROM tier_history ORDER BY customer_id, id"
+                )
+                assert [(r["customer_id"], r["from_tier"], r["to_tier"]) for r in history] == [
+                    ("known", "novice", "maker"), ("known", "maker", "expert"),
+                    ("new", "novice", "maker"), ("new", "maker", "expert"),
+                ]
+                assert [r["effective_at"] for r in history if r["customer_id"] == "new"] == [at(0), at(2)]
+                # What the batch emits (the kit writes ctx.outbox to the outbox table in the same transaction).
+                emitted = [(r.topic, json.loads(r.value)) for r in ctx.outbox]
+                changes = [(e["customer_id"], e["to_tier"]) for t, e in emitted if "tier-changed" in t]
+                assert sorted(changes) == [("known", "expert"), ("new", "expert"), ("new", "maker")]
+                assert [c for c in changes if c[0] == "new"] == [("new", "maker"), ("new", "expert")]  # in order
+                milestones = [(e["customer_id"], e["next_tier"]) for t, e in emitted if "milestone" in t]
+                assert ("new", "expert") in milestones and ("new", "guru") in milestones
+                for customer in ("new", "known"):
+                    row = await store.load_customer(conn, TENANT, customer)
+                    assert row is not None and row.tier == "expert"
         finally:
             await pool.close()

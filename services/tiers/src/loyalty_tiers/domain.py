@@ -931,6 +931,7 @@ class Milestone:
     fraction: Decimal
     points: int
     points_needed: int
+    at: datetime | None = field(default=None, compare=False)  # the evaluation that reached it (event time)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -939,6 +940,7 @@ class DowngradeNotice:
     to_tier: str
     effective_at: datetime
     points_needed: int
+    at: datetime | None = field(default=None, compare=False)  # the evaluation that announced it (event time)
 
 
 Effect = TierChange | Milestone | DowngradeNotice
@@ -981,7 +983,7 @@ def diff(
         already = before.milestones if before is not None and same_tier else _NONE_REACHED
         for fraction in sorted(reached - already):
             effects.append(Milestone(now_tier, ladder[tier + 1].id, fraction, state.points,
-                                     max(0, high - state.points)))
+                                     max(0, high - state.points), state.as_of))
         if already:
             reached = reached | already
     elif before is not None and same_tier:
@@ -995,7 +997,7 @@ def diff(
         elif pending.notice_at <= state.as_of:
             effects.append(DowngradeNotice(
                 now_tier, ladder[pending.to_tier].id, pending.effective_at,
-                max(0, ladder[state.tier].threshold - state.points),
+                max(0, ladder[state.tier].threshold - state.points), state.as_of,
             ))
             notice_for = pending.effective_at
     return effects, Snapshot(now_tier, reached, notice_for)
@@ -1037,6 +1039,92 @@ def process(
     return Outcome(entries, state, effects, snapshot, derivation=derivation)
 
 
+def _advanceable(derivation: Derivation, state: TierState, new_facts: Sequence[Fact], as_of: datetime) -> bool:
+    """``advance``'s condition: every new fact an earning fact dated strictly after ``state.as_of``, none
+    completing a correction that arrived before its original, and ``as_of`` not before ``state.as_of``."""
+    after = state.as_of
+    if as_of < after:
+        return False
+    for fact in new_facts:
+        kind = type(fact)
+        if kind is Refund or kind is ReferralRevoke or kind is Carry or fact.occurred_at <= after:
+            return False
+        if kind is Purchase and fact.order_id in derivation.open_orders:  # type: ignore[union-attr]
+            return False
+        if kind is ReferralGrant and fact.reward_id in derivation.open_rewards:  # type: ignore[union-attr]
+            return False
+    return True
+
+
+def _by_moment(facts: Sequence[Fact]) -> list[list[Fact]]:
+    """Facts in event-time order (ties by event id), grouped by the instant they happened at."""
+    groups: list[list[Fact]] = []
+    for fact in sorted(facts, key=_sort_key):
+        if groups and groups[-1][0].occurred_at == fact.occurred_at:
+            groups[-1].append(fact)
+        else:
+            groups.append([fact])
+    return groups
+
+
+def advance_each(
+    program: TiersProgram,
+    customer_id: str,
+    derivation: Derivation,
+    state: TierState,
+    new_facts: Sequence[Fact],
+    before: Snapshot | None,
+    as_of: datetime,
+    zone: ZoneInfo | None = None,
+) -> Outcome | None:
+    """``advance`` one moment at a time: each instant's facts evaluated at their own time, the last at
+    ``as_of``. Entries, state, snapshot and derivation are those of one ``advance`` over all of them; the
+    effects are every step's, as live traffic delivering the facts one batch each would have produced them
+    (two promotions in a row are two TierChanged, each tier's milestones are announced), so what a customer
+    is told does not depend on how the facts were batched (a replay emits what live traffic did). Property-
+    tested against ``process`` run step by step. None when ``advance`` would refuse the facts."""
+    if not _advanceable(derivation, state, new_facts, as_of):
+        return None
+    moments = _by_moment(new_facts)
+    if len(moments) <= 1:
+        return advance(program, customer_id, derivation, state, new_facts, before, as_of, zone)
+    entries: list[Entry] = []
+    effects: list[Effect] = []
+    snapshot = before
+    for i, group in enumerate(moments):
+        at = as_of if i == len(moments) - 1 else group[0].occurred_at
+        step = advance(program, customer_id, derivation, state, group, snapshot, at, zone)
+        assert step is not None  # _advanceable held for all of them, and each step moves forward in time
+        entries += step.entries
+        effects += step.effects
+        state, snapshot = step.state, step.snapshot
+    assert snapshot is not None
+    return Outcome(entries, state, effects, snapshot, derivation=derivation)
+
+
+def process_each(
+    program: TiersProgram,
+    customer_id: str,
+    facts: Sequence[Fact],
+    before: Snapshot | None,
+    as_of: datetime,
+    zone: ZoneInfo | None = None,
+) -> Outcome:
+    """``process`` for a customer's first facts, step by step like ``advance_each`` when they allow it (the
+    first moment derived in full, the rest advanced); otherwise ``process`` of them all at once."""
+    moments = _by_moment(facts)
+    if len(moments) > 1:
+        first = process(program, customer_id, moments[0], before, moments[0][0].occurred_at, zone)
+        rest = [f for group in moments[1:] for f in group]
+        if first.derivation is not None:
+            later = advance_each(program, customer_id, first.derivation, first.state, rest, first.snapshot, as_of,
+                                 zone)
+            if later is not None:
+                return Outcome(first.entries + later.entries, later.state, first.effects + later.effects,
+                               later.snapshot, derivation=later.derivation)
+    return process(program, customer_id, facts, before, as_of, zone)
+
+
 def advance(
     program: TiersProgram,
     customer_id: str,
@@ -1056,17 +1144,8 @@ def advance(
     from all facts with ``process``. ``new_facts`` must not repeat an event id. Returns only the new
     facts' entries. Agreement with ``process`` (entries, state, effects, derivation) is property-tested.
     """
-    after = state.as_of
-    if as_of < after:
+    if not _advanceable(derivation, state, new_facts, as_of):
         return None
-    for fact in new_facts:
-        kind = type(fact)
-        if kind is Refund or kind is ReferralRevoke or kind is Carry or fact.occurred_at <= after:
-            return None
-        if kind is Purchase and fact.order_id in derivation.open_orders:  # type: ignore[union-attr]
-            return None
-        if kind is ReferralGrant and fact.reward_id in derivation.open_rewards:  # type: ignore[union-attr]
-            return None
     entries: list[Entry] = []
     if new_facts:
         ordered = sorted(new_facts, key=_sort_key) if len(new_facts) > 1 else new_facts

@@ -148,12 +148,12 @@ def to_event(rules: TenantRules, customer_id: str, effect: domain.Effect, as_of:
         )
     if isinstance(effect, domain.Milestone):
         return TierProgressMilestone(
-            customer_id=customer_id, occurred_at=as_of, tier=effect.tier, next_tier=effect.next_tier,
+            customer_id=customer_id, occurred_at=effect.at or as_of, tier=effect.tier, next_tier=effect.next_tier,
             fraction=float(effect.fraction), points=max(0, effect.points), points_needed=effect.points_needed,
             next_tier_names=_names(program, effect.next_tier),
         )
     return TierDowngradeScheduled(
-        customer_id=customer_id, occurred_at=as_of, from_tier=effect.from_tier, to_tier=effect.to_tier,
+        customer_id=customer_id, occurred_at=effect.at or as_of, from_tier=effect.from_tier, to_tier=effect.to_tier,
         effective_at=effect.effective_at, points_needed=effect.points_needed,
         from_tier_names=_names(program, effect.from_tier), to_tier_names=_names(program, effect.to_tier),
     )
@@ -307,10 +307,12 @@ async def apply_customers(
 ) -> AppliedCounts:
     """Bring these customers up to date: new facts in, ledger revisions, status, history, events, timers.
 
-    Each customer takes the in-order fast path (``domain.advance``: only the new facts, from the stored
-    derivation and state) when it gives the same result as re-deriving everything; otherwise (a late or
-    out-of-order event, a refund or revocation, another program version, a recalculation) its stored facts
-    and ledger revisions are read and everything is re-derived (``domain.process`` / ``recalculate``)."""
+    Each customer takes the in-order fast path (``domain.advance_each``: only the new facts, from the stored
+    derivation and state, one moment at a time so each step's tier changes and milestones are announced)
+    when it gives the same state as re-deriving everything; otherwise (a late or out-of-order event, a
+    refund or revocation, another program version, a recalculation) its stored facts and ledger revisions
+    are read and everything is re-derived (``domain.process`` / ``recalculate``: the effects are then the
+    difference between what was announced and the corrected state)."""
     program = rules.program
     zone = rules.zone
     evaluate_at = evaluate_at or {}
@@ -349,8 +351,9 @@ async def apply_customers(
         if as_of is None:
             continue
         if before is None:
-            # A first event: its facts are all there is, so the full derivation is as cheap as the fast path.
-            outcome = domain.process(program, customer_id, fresh, None, as_of, zone)
+            # A first event: its facts are all there is, so the full derivation is as cheap as the fast path
+            # (step by step: several facts in one batch announce what each step reached, as live traffic would).
+            outcome = domain.process_each(program, customer_id, fresh, None, as_of, zone)
             batch.add(customer_id, None, outcome, fresh, cause, as_of, None)
             continue
         state = before.state(program) if not recalculating else None
@@ -372,8 +375,8 @@ async def apply_customers(
             loaded.setdefault(customer_id, set()).add((kind, key))
         for customer_id, before, state, fresh, cause, as_of in fast:
             assert before.derivation is not None
-            outcome_or_none = domain.advance(program, customer_id, before.derivation, state, fresh,
-                                             before.snapshot(), as_of, zone)
+            outcome_or_none = domain.advance_each(program, customer_id, before.derivation, state, fresh,
+                                                  before.snapshot(), as_of, zone)
             if outcome_or_none is None:
                 slow.append(_Pending(customer_id, before, fresh, cause, as_of))
             else:
