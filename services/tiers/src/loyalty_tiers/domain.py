@@ -1083,10 +1083,12 @@ def advance_each(
     (two promotions in a row are two TierChanged, each tier's milestones are announced), so what a customer
     is told does not depend on how the facts were batched (a replay emits what live traffic did). Property-
     tested against ``process`` run step by step. None when ``advance`` would refuse the facts."""
+    if len(new_facts) <= 1:  # the common case (one event per customer per batch): one step
+        return advance(program, customer_id, derivation, state, new_facts, before, as_of, zone)
     if not _advanceable(derivation, state, new_facts, as_of):
         return None
     moments = _by_moment(new_facts)
-    if len(moments) <= 1:
+    if len(moments) == 1:
         return advance(program, customer_id, derivation, state, new_facts, before, as_of, zone)
     entries: list[Entry] = []
     effects: list[Effect] = []
@@ -1112,7 +1114,7 @@ def process_each(
 ) -> Outcome:
     """``process`` for a customer's first facts, step by step like ``advance_each`` when they allow it (the
     first moment derived in full, the rest advanced); otherwise ``process`` of them all at once."""
-    moments = _by_moment(facts)
+    moments = _by_moment(facts) if len(facts) > 1 else []
     if len(moments) > 1:
         first = process(program, customer_id, moments[0], before, moments[0][0].occurred_at, zone)
         rest = [f for group in moments[1:] for f in group]
