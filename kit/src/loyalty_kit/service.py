@@ -356,7 +356,8 @@ class ServiceApp:
 
     def _queue_settle(self, behind: dict[tuple[str, int], bool]) -> None:
         """Event clock: hand a finished batch's partition flags to the settler task and go on with the next
-        batch (settling in the DB stage cost it five round trips per batch). Newer flags replace older ones."""
+        batch (settling in the DB stage cost it a transaction of several round trips per batch). Newer flags
+        replace older ones."""
         self._pending_settle.update(behind)
         self._settle_wanted.set()
 
