@@ -1078,11 +1078,11 @@ def advance_each(
     zone: ZoneInfo | None = None,
 ) -> Outcome | None:
     """``advance`` one moment at a time: each instant's facts evaluated at their own time, the last at
-    ``as_of``. Entries, state, snapshot and derivation are those of one ``advance`` over all of them; the
-    effects are every step's, as live traffic delivering the facts one batch each would have produced them
-    (two promotions in a row are two TierChanged, each tier's milestones are announced), so what a customer
-    is told does not depend on how the facts were batched (a replay emits what live traffic did). Property-
-    tested against ``process`` run step by step. None when ``advance`` would refuse the facts."""
+    ``as_of``. Entries, state and derivation are those of one ``advance`` over all of them; the effects and
+    the snapshot (what was announced) are every step's, as live traffic delivering the facts one batch each
+    would have produced them (two promotions in a row are two TierChanged, each tier's milestones are
+    announced), so what a customer is told does not depend on how in-order facts were batched. Property-
+    tested against ``process`` run once per moment. None when ``advance`` would refuse the facts."""
     if len(new_facts) <= 1:  # the common case (one event per customer per batch): one step
         return advance(program, customer_id, derivation, state, new_facts, before, as_of, zone)
     if not _advanceable(derivation, state, new_facts, as_of):
