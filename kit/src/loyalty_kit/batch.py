@@ -73,8 +73,8 @@ class PreparedBatch:
     items: list[_Item] = field(default_factory=list)
     undecodable: list[tuple[Any, DecodeError]] = field(default_factory=list)
     ignored: int = 0
-    # Event-time clock: per partition of the batch, whether the consumer knew of records past its last one
-    # (set by the service from the consumer's high watermarks; None: every partition counts as read to its end).
+    # Event-time clock: per partition assigned to the consumer, whether it still had records not handed out
+    # when this batch was (set by the service; None: the batch's own partitions count as read to their end).
     behind: dict[Partition, bool] | None = None
 
 
@@ -206,7 +206,7 @@ class BatchProcessor:
         return outcome
 
     async def settle_clocks(self, behind: dict[Partition, bool], consumed: Sequence[str] | None = None) -> None:
-        """Move the event-time clocks of the tenants seen in these partitions (``effects.settle_watermarks``)."""
+        """Record these partition flags and move the tenants' event-time clocks (``effects.settle_watermarks``)."""
         async with self.pool.acquire() as conn:
             await settle_watermarks(conn, behind, consumed)
         if self.on_committed is not None:
